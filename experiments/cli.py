@@ -1,0 +1,40 @@
+"""Shared command-line pieces of the experiment scripts: config loading and data selection.
+
+Kept in experiments/ (rsjax never imports flag parsing); everything substantive is in rsjax.
+"""
+
+import argparse
+import importlib.util
+import pathlib
+
+from rsjax import data
+
+
+def load_config(path: str, *, smoke: bool) -> dict:
+    """Runs get_config(smoke) of a config file (experiments/configs/*.py)."""
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise SystemExit(f"config file not found: {path}")
+    spec = importlib.util.spec_from_file_location(f"rsjax_config_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(smoke=smoke)
+
+
+def add_data_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data-dir", default=None,
+                        help="tfds data directory (default: $RSJAX_DATA_DIR or "
+                             "~/.cache/rsjax/tensorflow_datasets)")
+    parser.add_argument("--data-source-dir", default=None,
+                        help="folder with the raw dataset files (IDX .gz for mnist/fashion_mnist, "
+                             "cifar-10-batches-py or its tar.gz for cifar10)")
+    parser.add_argument("--download", action="store_true",
+                        help="download the raw files when nothing local is found (needs a network)")
+
+
+def train_and_test(config: dict, args) -> tuple[data.Dataset, data.Dataset]:
+    """(train, test) splits of the config's dataset; mnist5k holds out every k-th image as test."""
+    kw = dict(data_dir=args.data_dir, source_dir=args.data_source_dir, download=args.download)
+    if config["dataset"] == "mnist5k":
+        return data.holdout(data.load("mnist5k", "train", **kw), every=config["holdout_every"])
+    return data.load(config["dataset"], "train", **kw), data.load(config["dataset"], "test", **kw)

@@ -1,0 +1,30 @@
+"""rsjax: certified robustness by randomized smoothing in JAX/Flax.
+
+Public entry points (see each docstring for shapes, math and guarantees):
+  certify, predict                       counts on the device, decisions on the host
+  certify_from_counts, predict_from_counts   pure numpy over count arrays
+  ABSTAIN                                the abstention label (-1)
+Modules: bounds, votes, certify, sharding, models, losses, train, checkpoint, data, analysis, records.
+"""
+
+from rsjax.certify import (
+    ABSTAIN,
+    Certificate,
+    Prediction,
+    certify,
+    certify_from_counts,
+    predict,
+    predict_from_counts,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ABSTAIN",
+    "Certificate",
+    "Prediction",
+    "certify",
+    "certify_from_counts",
+    "predict",
+    "predict_from_counts",
+]

@@ -1,0 +1,304 @@
+"""Reading certification results and computing the metrics that papers report.
+
+A certification run writes one TSV, the de facto standard of Cohen et al.'s code, with the
+tab-separated header ``idx label predict radius correct time`` and one row per example:
+``predict`` is the smoothed classifier's answer (``ABSTAIN = -1``), ``radius`` the certified l2
+radius in [0,1] pixel units (3 significant digits), ``correct`` is 0/1 for that row alone, ``time``
+the wall time spent on the example. rsjax writes ``time`` as seconds (``0.0123``); the PyTorch
+reference code writes ``str(datetime.timedelta)`` (``0:00:15.123456``, ``0:00:03``,
+``1 day, 0:00:01.5``). Both are read.
+
+Metrics, over the N rows of one file (every example the run certified, including abstains):
+
+- certified accuracy at r: ``acc(r) = (1/N) * #{i : correct_i = 1 and radius_i >= r}``; ``acc(0)``
+  is the smoothed classifier's accuracy on clean inputs;
+- average certified radius: ``ACR = (1/N) * sum_i radius_i * correct_i`` (abstains and wrong
+  answers count 0).
+
+Results on a subset of a test set (say every 20th image) differ from the full test set: say which.
+
+No plotting library is imported at module level: matplotlib is imported inside
+:func:`plot_certified_accuracy` only.
+
+References: Cohen, Rosenfeld, Kolter, "Certified Adversarial Robustness via Randomized Smoothing",
+ICML 2019 (the TSV format and certified accuracy); Zhai et al., "MACER", ICLR 2020 (ACR).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import warnings
+from collections.abc import Mapping, Sequence
+from typing import NamedTuple
+
+import numpy as np
+
+from rsjax.certify import ABSTAIN
+
+COLUMNS = ("idx", "label", "predict", "radius", "correct", "time")
+# The radii of the published MNIST tables (REFERENCE.md section 5).
+DEFAULT_RADII = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0)
+RADIUS_LABEL = "radius (l2, [0,1] pixel units)"
+
+# str(datetime.timedelta): "[D day[s], ]H:MM:SS[.ffffff]".
+_TIMEDELTA_RE = re.compile(
+    r"^(?:(?P<days>\d+) days?, )?(?P<hours>\d+):(?P<minutes>\d{2}):(?P<seconds>\d{2}(?:\.\d+)?)$"
+)
+
+
+class CertResults(NamedTuple):
+    """The rows of one certification TSV, as columns of length N.
+
+    Attributes:
+      idx: int64[N], the example's index in the dataset.
+      label: int64[N], the true class.
+      predict: int64[N], the smoothed classifier's answer, ``ABSTAIN = -1``.
+      radius: float64[N], the certified l2 radius in [0,1] pixel units (0 for abstains).
+      correct: bool[N], whether that row's prediction is the label.
+      time: float64[N], seconds spent certifying the example.
+    """
+
+    idx: np.ndarray
+    label: np.ndarray
+    predict: np.ndarray
+    radius: np.ndarray
+    correct: np.ndarray
+    time: np.ndarray
+
+
+def parse_time(text: str) -> float:
+    """Seconds from a ``time`` field: seconds (rsjax) or ``str(datetime.timedelta)`` (PyTorch).
+
+    Accepted: ``"0.0123"``, ``"0:00:15.123456"``, ``"0:00:03"``, ``"1 day, 0:00:01.5"``,
+    ``"3 days, 12:00:00"``. Raises ValueError for anything else, negative or non-finite durations
+    included.
+    """
+    s = text.strip()
+    m = _TIMEDELTA_RE.match(s)
+    if m is not None:
+        days = int(m.group("days") or 0)
+        minutes, seconds = int(m.group("minutes")), float(m.group("seconds"))
+        if minutes >= 60 or seconds >= 60:
+            raise ValueError(f"invalid time {text!r}: minutes and seconds must be below 60")
+        return ((days * 24 + int(m.group("hours"))) * 60 + minutes) * 60 + seconds
+    try:
+        value = float(s)
+    except ValueError:
+        raise ValueError(
+            f"invalid time {text!r}: expected seconds or H:MM:SS[.ffffff] (datetime.timedelta)"
+        ) from None
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"invalid time {text!r}: must be a finite, non-negative number of seconds")
+    return value
+
+
+def _parse_correct(text: str) -> bool:
+    s = text.strip()
+    if s in ("1", "True", "true"):
+        return True
+    if s in ("0", "False", "false"):
+        return False
+    raise ValueError(f"invalid correct {text!r}: expected 0 or 1")
+
+
+def read_tsv(path: str | os.PathLike) -> CertResults:
+    """Reads one certification TSV (tab-separated header ``idx label predict radius correct time``).
+
+    Columns are found by name, so their order does not matter and extra columns are ignored.
+    Blank lines (a trailing newline, a blank final line) are skipped. A missing column, a malformed
+    row or a bad value raises ValueError naming the file (and the line). A row whose ``correct``
+    disagrees with ``predict == label`` is kept as written, with a warning.
+
+    Returns:
+      CertResults with N = number of data rows (0 for a header-only file).
+    """
+    path = os.fspath(path)
+    with open(path, encoding="utf-8-sig") as f:
+        lines = f.read().splitlines()
+    numbered = [(i + 1, line) for i, line in enumerate(lines) if line.strip()]
+    if not numbered:
+        raise ValueError(f"{path}: empty file, expected a header {chr(9).join(COLUMNS)!r}")
+    header_line, header = numbered[0][0], [name.strip() for name in numbered[0][1].split("\t")]
+    missing = [c for c in COLUMNS if c not in header]
+    if missing:
+        raise ValueError(
+            f"{path}:{header_line}: header is missing column(s) {', '.join(missing)} "
+            f"(found {header}; expected tab-separated {', '.join(COLUMNS)})"
+        )
+    duplicated = sorted({c for c in COLUMNS if header.count(c) > 1})
+    if duplicated:
+        raise ValueError(f"{path}:{header_line}: duplicated column(s) {', '.join(duplicated)}")
+    where = {c: header.index(c) for c in COLUMNS}
+
+    parsers = {"idx": int, "label": int, "predict": int, "radius": float}
+    parsers |= {"correct": _parse_correct, "time": parse_time}
+    columns: dict[str, list] = {c: [] for c in COLUMNS}
+    for lineno, line in numbered[1:]:
+        fields = line.split("\t")
+        if len(fields) != len(header):
+            raise ValueError(
+                f"{path}:{lineno}: expected {len(header)} tab-separated fields, got {len(fields)}"
+            )
+        for c in COLUMNS:
+            try:
+                columns[c].append(parsers[c](fields[where[c]].strip()))
+            except ValueError as e:
+                raise ValueError(f"{path}:{lineno}: column {c}: {e}") from None
+
+    results = CertResults(
+        idx=np.asarray(columns["idx"], dtype=np.int64),
+        label=np.asarray(columns["label"], dtype=np.int64),
+        predict=np.asarray(columns["predict"], dtype=np.int64),
+        radius=np.asarray(columns["radius"], dtype=np.float64),
+        correct=np.asarray(columns["correct"], dtype=bool),
+        time=np.asarray(columns["time"], dtype=np.float64),
+    )
+    bad = np.flatnonzero(results.correct != (results.predict == results.label))
+    if bad.size:
+        warnings.warn(
+            f"{path}: {bad.size} row(s) have correct != (predict == label), first idx "
+            f"{results.idx[bad[0]]}; using the correct column as written",
+            stacklevel=2,
+        )
+    if np.any(results.radius < 0) or np.any(np.isnan(results.radius)):
+        raise ValueError(f"{path}: radius must be non-negative")
+    return results
+
+
+def _check_nonempty(results: CertResults) -> int:
+    n = len(results.radius)
+    if n == 0:
+        raise ValueError("no examples: metrics of an empty result set are undefined")
+    return n
+
+
+def certified_accuracy_curve(results: CertResults, radius_grid) -> np.ndarray:
+    """Certified accuracy at every radius of a grid.
+
+    ``acc(r) = (1/N) * #{i : correct_i and radius_i >= r}``, non-increasing in r; O((N + G) log N).
+
+    Args:
+      results: one run's rows (N >= 1).
+      radius_grid: float array of any shape (G,), (), ... of radii r.
+
+    Returns:
+      float64 array with the shape of ``radius_grid``.
+    """
+    n = _check_nonempty(results)
+    certified = np.sort(np.asarray(results.radius, np.float64)[np.asarray(results.correct, bool)])
+    r = np.asarray(radius_grid, dtype=np.float64)
+    below = np.searchsorted(certified, r, side="left")  # correct rows with radius < r
+    return (certified.size - below) / n
+
+
+def certified_accuracy(results: CertResults, radii) -> np.ndarray:
+    """Certified accuracy at each radius in ``radii`` (float array, shape (R,)): returns float64[R].
+
+    ``acc(r) = (1/N) * #{i : correct_i = 1 and radius_i >= r}`` over all N rows, abstains included
+    in N (Cohen et al. 2019). Same computation as :func:`certified_accuracy_curve`.
+    """
+    return certified_accuracy_curve(results, radii)
+
+
+def average_certified_radius(results: CertResults) -> float:
+    """ACR = (1/N) * sum_i radius_i * correct_i; abstains and wrong answers count 0.
+
+    References: Zhai et al., "MACER", ICLR 2020 (the metric); Cohen et al. 2019 (the radii).
+    """
+    _check_nonempty(results)
+    correct = np.asarray(results.correct, dtype=bool)
+    return float(np.mean(np.where(correct, np.asarray(results.radius, np.float64), 0.0)))
+
+
+def summarize(results: CertResults, radii=DEFAULT_RADII) -> dict:
+    """The numbers of one run, as a JSON-ready dict.
+
+    Keys: ``n`` (rows), ``certified_accuracy`` ({r: acc(r)} for r in ``radii``), ``acr``,
+    ``abstain_rate`` (fraction with predict = -1), ``clean_accuracy`` (fraction with
+    predict = label: the smoothed classifier's accuracy on clean inputs, acc(0) for a consistent
+    file), ``mean_time_s`` and ``total_time_s``.
+    """
+    n = _check_nonempty(results)
+    radii = [float(r) for r in np.atleast_1d(np.asarray(radii, dtype=np.float64))]
+    acc = certified_accuracy(results, radii)
+    predict, label = np.asarray(results.predict), np.asarray(results.label)
+    return {
+        "n": n,
+        "certified_accuracy": {r: float(a) for r, a in zip(radii, acc, strict=True)},
+        "acr": average_certified_radius(results),
+        "abstain_rate": float(np.mean(predict == ABSTAIN)),
+        "clean_accuracy": float(np.mean(predict == label)),
+        "mean_time_s": float(np.mean(results.time)),
+        "total_time_s": float(np.sum(results.time)),
+    }
+
+
+def markdown_table(named_results: Mapping[str, CertResults], radii=DEFAULT_RADII) -> str:
+    """A markdown table: one row per run, columns ``r=...`` (certified accuracy), ``ACR``, ``n``.
+
+    Numbers have 3 decimals. Returns the table as a string ending in a newline.
+    """
+    radii = [float(r) for r in np.atleast_1d(np.asarray(radii, dtype=np.float64))]
+    head = ["run", *(f"r={r:g}" for r in radii), "ACR", "n"]
+    lines = [
+        "| " + " | ".join(head) + " |",
+        "|" + "|".join(["---", *["---:"] * (len(head) - 1)]) + "|",
+    ]
+    for name, results in named_results.items():
+        acc = certified_accuracy(results, radii)
+        cells = [str(name).replace("|", "\\|"), *(f"{a:.3f}" for a in acc)]
+        cells += [f"{average_certified_radius(results):.3f}", str(len(results.radius))]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_certified_accuracy(
+    named_results: Mapping[str, CertResults],
+    path: str | os.PathLike,
+    *,
+    title: str | None = None,
+    max_radius: float | None = None,
+) -> None:
+    """Writes a PNG of certified accuracy against radius, one exact step curve per run.
+
+    acc(r) is constant on each interval (r_(k-1), r_k] between consecutive certified radii, so the
+    curve is drawn from its breakpoints, not sampled. ``max_radius`` (default: 5% past the largest
+    certified radius) sets the x range. Uses matplotlib's Agg canvas directly: no pyplot, no change
+    to the global backend.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    if max_radius is None:
+        largest = [
+            float(np.max(res.radius[np.asarray(res.correct, bool)], initial=0.0))
+            for res in named_results.values()
+        ]
+        max_radius = 1.05 * max(largest, default=0.0) or 1.0
+    fig = Figure(figsize=(6.0, 4.0), dpi=120)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    for name, res in named_results.items():
+        radii = np.asarray(res.radius, np.float64)[np.asarray(res.correct, bool)]
+        xs = np.unique(np.concatenate([[0.0], radii[radii < max_radius], [max_radius]]))
+        ax.step(xs, certified_accuracy_curve(res, xs), where="pre", label=str(name))
+    ax.set_xlim(0.0, max_radius)
+    ax.set_ylim(0.0, 1.02)
+    ax.set_xlabel(RADIUS_LABEL)
+    ax.set_ylabel("certified accuracy (fraction)")
+    if title is not None:
+        ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="lower left")
+    fig.tight_layout()
+    fig.savefig(os.fspath(path), format="png")
+
+
+def default_labels(paths: Sequence[str | os.PathLike]) -> list[str]:
+    """Run names for the given files: their stems, or their paths where stems collide."""
+    stems = [os.path.splitext(os.path.basename(os.fspath(p)))[0] for p in paths]
+    if len(set(stems)) == len(stems):
+        return stems
+    return [os.fspath(p) for p in paths]

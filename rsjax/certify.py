@@ -1,0 +1,364 @@
+"""CERTIFY, T-CERTIFY and PREDICT: counts on the device, decisions on the host in float64.
+
+`certify_from_counts` and `predict_from_counts` are pure numpy over count arrays (leading axis =
+examples). `certify` and `predict` draw the counts with `rsjax.votes.count_votes` and call them.
+
+Guarantees (per example, over the sampling of the noise):
+- CERTIFY / T-CERTIFY: with probability >= 1 - alpha, a non-abstaining answer (c, R) has c = g(x), and
+  the smoothed classifier g is constant (= c) on the open l2 ball of radius R around x.
+- PREDICT: the probability of returning a class other than g(x) is <= alpha.
+
+References: Cohen, Rosenfeld & Kolter, ICML 2019 (CERTIFY, PREDICT); Feng, Wu, Chen, Zhang & Ning,
+AAAI 2020 (T-CERTIFY; rsjax implements the valid form of REFERENCE section 2, since the paper's exact
+procedure is not available).
+"""
+
+import math
+from typing import Any, Callable, NamedTuple, Sequence
+
+import jax
+import numpy as np
+
+from rsjax import bounds, votes
+
+ABSTAIN = -1
+
+METHODS = ("cohen", "tcertify")
+ALPHA_SPLITS = ("selection", "union")
+# Fractions of alpha spent on the runner-up bound (alpha_B = f * alpha). 0 is plain CERTIFY.
+DEFAULT_SPLIT_GRID = (0.0, 0.1, 0.25, 0.5)
+
+
+class Certificate(NamedTuple):
+    """Per-example result of CERTIFY / T-CERTIFY; arrays with the leading (examples) axis.
+
+    prediction: int64, the certified class or ABSTAIN (-1).
+    radius: float64 certified l2 radius in [0,1] pixel units (0.0 where abstaining).
+    pa_lower: float64 lower confidence bound on P(f(x + eps) = prediction candidate).
+    pb_upper: float64 upper confidence bound on the runner-up probability.
+    """
+
+    prediction: np.ndarray
+    radius: np.ndarray
+    pa_lower: np.ndarray
+    pb_upper: np.ndarray
+
+
+class Prediction(NamedTuple):
+    """Per-example result of PREDICT: the class or ABSTAIN (-1), and the binomial test p-value."""
+
+    prediction: np.ndarray
+    pvalue: np.ndarray
+
+
+def _as_counts(counts, name: str) -> np.ndarray:
+    counts = np.asarray(counts)
+    if not np.issubdtype(counts.dtype, np.integer):
+        raise TypeError(f"{name} must be an integer array of class counts, got dtype {counts.dtype}")
+    if counts.ndim != 2:
+        raise ValueError(f"{name} must have shape (examples, classes), got shape {counts.shape}")
+    if counts.shape[1] < 2:
+        raise ValueError(f"{name} needs at least 2 classes, got shape {counts.shape}")
+    if np.any(counts < 0):
+        raise ValueError(f"{name} has negative counts")
+    if np.any(counts.sum(axis=1) < 1):
+        raise ValueError(f"{name} has an example with no samples (n must be >= 1)")
+    return counts.astype(np.int64)
+
+
+def _runner_up_upper(counts, top, alpha_b):
+    """max over c != top of the Clopper-Pearson upper bound at level alpha_b / (K - 1) (Bonferroni)."""
+    n = counts.sum(axis=1, keepdims=True)
+    num_classes = counts.shape[1]
+    upper = bounds.clopper_pearson_upper(counts, n, np.asarray(alpha_b)[..., None] / (num_classes - 1))
+    others = np.arange(num_classes)[None, :] != top[:, None]
+    return np.where(others, upper, 0.0).max(axis=1)
+
+
+def _two_sided(counts, top, sigma, alpha_a, alpha_b):
+    """pA_lower at alpha_a, pB_upper at alpha_b (alpha_b = 0: pB_upper = 1 - pA_lower), radius."""
+    n = counts.sum(axis=1)
+    na = counts[np.arange(len(top)), top]
+    pa_lower = bounds.clopper_pearson_lower(na, n, alpha_a)
+    alpha_b = np.broadcast_to(np.asarray(alpha_b, np.float64), pa_lower.shape)
+    pb_upper = 1.0 - pa_lower
+    spend = alpha_b > 0
+    if np.any(spend):
+        pb_upper = np.where(
+            spend, np.minimum(pb_upper, _runner_up_upper(counts, top, np.where(spend, alpha_b, 1.0))),
+            pb_upper,
+        )
+    certified = pa_lower > pb_upper
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r = bounds.radius(sigma, pa_lower, pb_upper)
+    return np.where(certified, r, -np.inf), pa_lower, pb_upper
+
+
+def _select_split(counts0, top, sigma, alpha, n, grid):
+    """Chooses alpha_B per example from the selection counts only (REFERENCE 2, way (a)).
+
+    Predicts the radius each split would give if the estimation counts were the selection frequencies
+    scaled to n draws, and keeps the best (the smallest fraction on ties). It never looks at the
+    estimation counts, so the chosen split is independent of them and the full alpha stays valid.
+    """
+    n0 = counts0.sum(axis=1, keepdims=True)
+    projected = np.rint(counts0 * (n[:, None] / n0)).astype(np.int64)
+    # Keep each projected row summing to n (rounding may move it by a few votes).
+    projected[np.arange(len(top)), top] += n - projected.sum(axis=1)
+    projected = np.clip(projected, 0, None)
+    best_radius = np.full(len(top), -np.inf)
+    best_fraction = np.zeros(len(top))
+    for fraction in grid:
+        r, _, _ = _two_sided(projected, top, sigma, (1 - fraction) * alpha, fraction * alpha)
+        better = r > best_radius
+        best_radius = np.where(better, r, best_radius)
+        best_fraction = np.where(better, fraction, best_fraction)
+    return best_fraction
+
+
+def certify_from_counts(
+    counts0,
+    counts,
+    *,
+    sigma: float,
+    alpha: float,
+    method: str = "cohen",
+    alpha_split: str = "selection",
+    split_grid: Sequence[float] = DEFAULT_SPLIT_GRID,
+) -> Certificate:
+    """CERTIFY (method="cohen") or T-CERTIFY (method="tcertify") from class counts.
+
+    Args:
+      counts0: (B, K) int selection counts from n0 draws; the candidate is cA = argmax counts0 (lowest
+        class on ties).
+      counts: (B, K) int estimation counts from n fresh, independent draws. Reusing the selection
+        draws here voids the guarantee.
+      sigma: noise level (> 0) in [0,1] pixel units.
+      alpha: total failure probability per example, in (0, 1).
+      method: "cohen": pA_lower = Clopper-Pearson lower bound of counts[cA] at alpha; certify if
+        pA_lower > 1/2 with R = sigma * Phi^-1(pA_lower).
+        "tcertify": alpha = alpha_A + alpha_B; pB_upper = min(1 - pA_lower, max over c != cA of the
+        upper bound of counts[c] at alpha_B / (K - 1)); certify if pA_lower > pB_upper with
+        R = sigma / 2 * (Phi^-1(pA_lower) - Phi^-1(pB_upper)).
+      alpha_split: how T-CERTIFY picks alpha_B = f * alpha from `split_grid`:
+        "selection": f chosen per example from the selection counts alone; the full alpha is valid.
+        "union": every f of the grid is tried on the estimation counts with alpha / G each (G = grid
+        size), and the largest radius is kept (a union bound over the G tries).
+      split_grid: fractions f in [0, 1); include 0.0 so plain CERTIFY is among the choices.
+
+    Returns:
+      Certificate with prediction (ABSTAIN = -1) and radius (0.0 where abstaining) per example.
+      With probability >= 1 - alpha per example, a non-abstained prediction is the smoothed
+      classifier's class and it is constant on the l2 ball of that radius.
+    """
+    sigma = bounds.check_sigma(sigma)
+    alpha = bounds.check_alpha(alpha)
+    counts0 = _as_counts(counts0, "counts0")
+    counts = _as_counts(counts, "counts")
+    if counts0.shape != counts.shape:
+        raise ValueError(f"counts0 {counts0.shape} and counts {counts.shape} must have the same shape")
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    n = counts.sum(axis=1)
+    bounds.warn_if_never_certifies(int(n.max()), alpha)
+    top = counts0.argmax(axis=1)
+
+    if method == "cohen":
+        r, pa_lower, pb_upper = _two_sided(counts, top, sigma, alpha, 0.0)
+    else:
+        if alpha_split not in ALPHA_SPLITS:
+            raise ValueError(f"alpha_split must be one of {ALPHA_SPLITS}, got {alpha_split!r}")
+        grid = tuple(float(f) for f in split_grid)
+        if not grid or any(not 0.0 <= f < 1.0 for f in grid):
+            raise ValueError(f"split_grid must hold fractions in [0, 1), got {split_grid}")
+        if alpha_split == "selection":
+            fraction = _select_split(counts0, top, sigma, alpha, n, grid)
+            r, pa_lower, pb_upper = _two_sided(
+                counts, top, sigma, (1 - fraction) * alpha, fraction * alpha
+            )
+        else:
+            share = alpha / len(grid)
+            r = np.full(len(top), -np.inf)
+            pa_lower = np.zeros(len(top))
+            pb_upper = np.ones(len(top))
+            for f in grid:
+                r_f, pa_f, pb_f = _two_sided(counts, top, sigma, (1 - f) * share, f * share)
+                better = r_f > r
+                r, pa_lower, pb_upper = (np.where(better, new, old) for new, old in
+                                         ((r_f, r), (pa_f, pa_lower), (pb_f, pb_upper)))
+    certified = np.isfinite(r)
+    return Certificate(
+        prediction=np.where(certified, top, ABSTAIN).astype(np.int64),
+        radius=np.where(certified, r, 0.0),
+        pa_lower=pa_lower,
+        pb_upper=pb_upper,
+    )
+
+
+def predict_from_counts(counts, *, alpha: float) -> Prediction:
+    """PREDICT from (B, K) class counts of n draws: the top class if the two-sided binomial test of
+    nA successes in nA + nB trials at p = 1/2 has p-value <= alpha (nA, nB: top two counts), else ABSTAIN.
+
+    Guarantee: the probability of returning a class other than the smoothed classifier's is <= alpha.
+    """
+    alpha = bounds.check_alpha(alpha)
+    counts = _as_counts(counts, "counts")
+    order = np.argsort(-counts, axis=1, kind="stable")
+    rows = np.arange(counts.shape[0])
+    na, nb = counts[rows, order[:, 0]], counts[rows, order[:, 1]]
+    pvalue = bounds.binomial_pvalue_two_sided(na, nb)
+    prediction = np.where(pvalue <= alpha, order[:, 0], ABSTAIN).astype(np.int64)
+    return Prediction(prediction=prediction, pvalue=pvalue)
+
+
+# --------------------------------------------------------------------------------------------------
+# Drivers: counts on the device, then the host decisions above.
+
+
+def check_images(x) -> np.ndarray:
+    """Validates a batch of images: (B, H, W, C) floating point, finite. Returns float32 numpy."""
+    x = np.asarray(x)
+    if x.ndim != 4:
+        raise ValueError(f"x must be a batch of NHWC images (B, H, W, C), got shape {x.shape}")
+    if not np.issubdtype(x.dtype, np.floating):
+        raise TypeError(
+            f"x must be floating point images in [0,1], got dtype {x.dtype} "
+            "(convert uint8 images with x / 255)"
+        )
+    if not np.all(np.isfinite(x)):
+        bad = int((~np.isfinite(x)).reshape(x.shape[0], -1).any(axis=1).sum())
+        raise ValueError(f"x contains NaN or infinite values ({bad} of {x.shape[0]} images)")
+    return x.astype(np.float32)
+
+
+def _check_samples(name: str, value: int) -> int:
+    if isinstance(value, bool) or int(value) != value or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    return int(value)
+
+
+def _as_apply(logits_fn, params):
+    """Turns logits_fn(x) (params=None) or logits_fn(params, x) into the two-argument form."""
+    if params is None:
+        return _CallWithoutParams(logits_fn), ()
+    return logits_fn, params
+
+
+class _CallWithoutParams:
+    """Adapter logits_fn(x) -> apply(params, x); hashable by the wrapped function (one compile)."""
+
+    def __init__(self, fn):
+        self.fn = fn
+
+    def __call__(self, params, x):
+        return self.fn(x)
+
+    def __hash__(self):
+        return hash(self.fn)
+
+    def __eq__(self, other):
+        return isinstance(other, _CallWithoutParams) and other.fn is self.fn
+
+
+def _batched_counts(key, apply_fn, params, x, idx, *, num_samples, stream, batch_size, **kw):
+    out = [
+        votes.count_votes(
+            key, apply_fn, params, x[s : s + batch_size], idx[s : s + batch_size],
+            num_samples=num_samples, stream=stream, **kw,
+        )
+        for s in range(0, x.shape[0], batch_size)
+    ]
+    return np.concatenate(out, axis=0)
+
+
+def certify(
+    key: jax.Array,
+    logits_fn: Callable,
+    x,
+    *,
+    sigma: float,
+    n0: int,
+    n: int,
+    alpha: float,
+    num_classes: int,
+    method: str = "cohen",
+    chunk_size: int = 1000,
+    batch_size: int = 64,
+    params: Any = None,
+    idx=None,
+    mesh=None,
+    alpha_split: str = "selection",
+    split_grid: Sequence[float] = DEFAULT_SPLIT_GRID,
+) -> Certificate:
+    """CERTIFY / T-CERTIFY of the Gaussian-smoothed `logits_fn` at every image of x.
+
+    Args:
+      key: root key of the certification; each example's noise comes from (key, its index).
+      logits_fn: base classifier, logits_fn(x) -> (B, K) logits, or logits_fn(params, x) when
+        `params` is given (preferred: params are then traced, not compiled in).
+      x: (B, H, W, C) float images in [0,1]; sigma is in these units.
+      sigma, n0, n, alpha: noise level, selection draws, estimation draws, failure probability.
+      num_classes: K, at least the number of the model's outputs.
+      method, alpha_split, split_grid: see `certify_from_counts`.
+      chunk_size: noise samples per example per device step (memory: batch_size * chunk_size inputs).
+      batch_size: examples per device call.
+      idx: (B,) global indices of the examples (default 0..B-1): pass dataset indices so that a
+        subset or a resumed run draws the same noise as a full run.
+      mesh: device mesh for the example batch (default: all devices).
+
+    Returns:
+      Certificate per example; see `certify_from_counts` for the guarantee.
+    """
+    sigma = bounds.check_sigma(sigma)
+    alpha = bounds.check_alpha(alpha)
+    n0 = _check_samples("n0", n0)
+    n = _check_samples("n", n)
+    x = check_images(x)
+    idx = np.arange(x.shape[0]) if idx is None else np.asarray(idx)
+    apply_fn, params = _as_apply(logits_fn, params)
+    kw = dict(sigma=sigma, num_classes=int(num_classes), chunk_size=int(chunk_size), mesh=mesh)
+    counts0 = _batched_counts(key, apply_fn, params, x, idx, num_samples=n0,
+                              stream=votes.SELECTION, batch_size=batch_size, **kw)
+    counts = _batched_counts(key, apply_fn, params, x, idx, num_samples=n,
+                             stream=votes.ESTIMATION, batch_size=batch_size, **kw)
+    return certify_from_counts(counts0, counts, sigma=sigma, alpha=alpha, method=method,
+                               alpha_split=alpha_split, split_grid=split_grid)
+
+
+def predict(
+    key: jax.Array,
+    logits_fn: Callable,
+    x,
+    *,
+    sigma: float,
+    n: int,
+    alpha: float,
+    num_classes: int,
+    chunk_size: int = 1000,
+    batch_size: int = 64,
+    params: Any = None,
+    idx=None,
+    mesh=None,
+) -> Prediction:
+    """PREDICT with the Gaussian-smoothed `logits_fn` at every image of x (arguments as `certify`).
+
+    Uses the estimation stream of each example's key. Guarantee: a non-abstaining answer differs from
+    the smoothed classifier's class with probability <= alpha.
+    """
+    bounds.check_sigma(sigma)
+    alpha = bounds.check_alpha(alpha)
+    n = _check_samples("n", n)
+    x = check_images(x)
+    idx = np.arange(x.shape[0]) if idx is None else np.asarray(idx)
+    apply_fn, params = _as_apply(logits_fn, params)
+    counts = _batched_counts(
+        key, apply_fn, params, x, idx, num_samples=n, stream=votes.ESTIMATION,
+        batch_size=batch_size, sigma=float(sigma), num_classes=int(num_classes),
+        chunk_size=int(chunk_size), mesh=mesh,
+    )
+    return predict_from_counts(counts, alpha=alpha)
+
+
+def never_certifies(n: int, alpha: float) -> bool:
+    """True when n draws cannot certify at alpha for any outcome (n <= log2(1/alpha))."""
+    return n <= math.log2(1.0 / alpha)

@@ -1,0 +1,267 @@
+"""Training: train state, optimizer, the jitted train step, and a resumable `fit` loop.
+
+Reproducibility: the run's key is split once into (init, data, train) streams. The example order of
+epoch e is a permutation drawn from fold_in(data_key, e) and the noise of step s from
+fold_in(train_key, s), so nothing random is stored: a run restored from the checkpoint of step s replays
+exactly the batches and noise of an uninterrupted run and ends with bit-identical parameters.
+
+Data parallelism: the global batch is split over a one-axis device Mesh (NamedSharding on the batch
+axis) and the train state is replicated; jit inserts the gradient all-reduce.
+"""
+
+import json
+import math
+import pathlib
+import time
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from rsjax import checkpoint, losses, models, progress, sharding
+
+
+class TrainState(NamedTuple):
+    """step: int32 scalar; params; model_state (batch-norm statistics, {} if none); opt_state."""
+
+    step: jax.Array
+    params: Any
+    model_state: Any
+    opt_state: Any
+
+
+def make_optimizer(
+    *,
+    learning_rate: float,
+    total_steps: int,
+    momentum: float = 0.9,
+    weight_decay: float = 0.0,
+    schedule: str = "cosine",
+    decay_every: int = 0,
+    decay_factor: float = 0.1,
+) -> optax.GradientTransformation:
+    """SGD with (heavy-ball) momentum, optional weight decay and a learning-rate schedule.
+
+    schedule: "cosine" (to 0 over total_steps), "step" (x decay_factor every decay_every steps, as in
+    Cohen et al.: 0.1 every 30 epochs) or "constant".
+    """
+    if schedule == "cosine":
+        lr = optax.cosine_decay_schedule(learning_rate, max(total_steps, 1))
+    elif schedule == "step":
+        if decay_every < 1:
+            raise ValueError("schedule='step' needs decay_every >= 1 (steps)")
+        lr = optax.exponential_decay(learning_rate, decay_every, decay_factor, staircase=True)
+    elif schedule == "constant":
+        lr = optax.constant_schedule(learning_rate)
+    else:
+        raise ValueError(f"unknown schedule {schedule!r}; use 'cosine', 'step' or 'constant'")
+    parts = [optax.add_decayed_weights(weight_decay)] if weight_decay else []
+    return optax.chain(*parts, optax.sgd(lr, momentum=momentum))
+
+
+def init_state(model, key: jax.Array, input_shape, optimizer) -> TrainState:
+    """Fresh TrainState at step 0."""
+    variables = models.init_variables(model, key, input_shape)
+    params = variables["params"]
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        model_state=variables.get("batch_stats", {}),
+        opt_state=optimizer.init(params),
+    )
+
+
+def make_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation):
+    """Jitted step(state, batch, train_key) -> (state, metrics); noise key = fold_in(train_key, step).
+
+    loss_fn(params, model_state, batch, key) -> (loss, (model_state, metrics)).
+    """
+
+    def step(state: TrainState, batch, train_key):
+        key = jax.random.fold_in(train_key, state.step)
+        grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+        (loss, (model_state, metrics)), grads = grad_fn(state.params, state.model_state, batch, key)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics = dict(metrics, loss=loss, grad_norm=optax.global_norm(grads))
+        return TrainState(state.step + 1, params, model_state, opt_state), metrics
+
+    return jax.jit(step, donate_argnums=0)
+
+
+def epoch_order(data_key: jax.Array, epoch: int, num_examples: int) -> np.ndarray:
+    """The example order of one epoch, a permutation drawn from fold_in(data_key, epoch)."""
+    return np.asarray(jax.random.permutation(jax.random.fold_in(data_key, epoch), num_examples))
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss became NaN or infinite; the run stopped and kept its last good checkpoint."""
+
+
+def fit(
+    key: jax.Array,
+    workdir,
+    *,
+    images: np.ndarray,
+    labels: np.ndarray,
+    model_name: str,
+    dataset: str,
+    num_classes: int,
+    sigma: float,
+    epochs: int,
+    batch_size: int,
+    learning_rate: float,
+    momentum: float = 0.9,
+    weight_decay: float = 0.0,
+    schedule: str = "cosine",
+    decay_every_epochs: int = 0,
+    loss: str = "gaussian",
+    k: int = 1,
+    checkpoint_every: int = 0,
+    max_to_keep: int = 3,
+    stop_after_step: int | None = None,
+    mesh=None,
+    log_every: int = 50,
+    show_progress: bool = True,
+) -> TrainState:
+    """Trains `model_name` on (images, labels) with noise-augmented `loss`; resumes from `workdir`.
+
+    Args:
+      key: the run's root key (split into init, data and train streams).
+      workdir: run directory; checkpoints go to workdir/checkpoints and per-step metrics to
+        workdir/metrics.jsonl. If it already holds a checkpoint, training resumes from the newest.
+      images, labels: (N, H, W, C) float32 in [0,1] and (N,) int.
+      epochs, batch_size: full passes and global batch size (the last partial batch is dropped).
+      checkpoint_every: steps between checkpoints (0: only at the end).
+      stop_after_step: stop (with a checkpoint) after this many steps in total, for interruption
+        tests and smoke runs; the result then equals the state of a full run at that step.
+      mesh: device mesh for data parallelism (default: all devices). batch_size must be divisible by
+        its size.
+    Returns:
+      The final TrainState (device arrays).
+    """
+    workdir = pathlib.Path(workdir)
+    ckpt_dir = workdir / "checkpoints"
+    mesh = sharding.batch_mesh() if mesh is None else mesh
+    if batch_size % mesh.size:
+        raise ValueError(f"batch_size {batch_size} must be divisible by the {mesh.size} devices")
+    num_examples = images.shape[0]
+    steps_per_epoch = num_examples // batch_size
+    if steps_per_epoch < 1:
+        raise ValueError(f"batch_size {batch_size} exceeds the {num_examples} training examples")
+    total_steps = epochs * steps_per_epoch
+    model = models.make_model(model_name, num_classes=num_classes, dataset=dataset)
+    optimizer = make_optimizer(
+        learning_rate=learning_rate, total_steps=total_steps, momentum=momentum,
+        weight_decay=weight_decay, schedule=schedule,
+        decay_every=decay_every_epochs * steps_per_epoch,
+    )
+    init_key, data_key, train_key = jax.random.split(key, 3)
+    state = init_state(model, init_key, images.shape[1:], optimizer)
+    meta = {
+        "model": model_name, "dataset": dataset, "num_classes": num_classes,
+        "input_shape": list(images.shape[1:]), "sigma": sigma, "loss": loss, "k": k,
+        "epochs": epochs, "batch_size": batch_size, "total_steps": total_steps,
+    }
+    start = checkpoint.latest_step(ckpt_dir)
+    if start is not None:
+        _, saved_meta = checkpoint.restore_meta(ckpt_dir, start)
+        mismatched = {k: (saved_meta.get(k), v) for k, v in meta.items() if saved_meta.get(k) != v}
+        if mismatched:
+            raise ValueError(f"{workdir} holds a different run (saved vs requested: {mismatched}); "
+                             "use a fresh workdir")
+        _, model_vars, train_vars = checkpoint.restore(
+            ckpt_dir, start, model_like=_model_item(state), train_like=_train_item(state))
+        state = TrainState(train_vars["step"], model_vars["params"], model_vars["batch_stats"],
+                           train_vars["opt_state"])
+    workdir.mkdir(parents=True, exist_ok=True)
+
+    loss_fn = _make_loss(loss, model, sigma=sigma, k=k)
+    train_step = make_train_step(loss_fn, optimizer)
+    state = sharding.replicate(mesh, state)
+    step = int(state.step)
+    last = total_steps if stop_after_step is None else min(total_steps, stop_after_step)
+    bar = progress.Progress(last, f"train {model_name}", unit="step", done=step) if show_progress \
+        else None
+    window = []
+    t0, seen = time.perf_counter(), 0
+    with open(workdir / "metrics.jsonl", "a") as metrics_file:
+        while step < last:
+            epoch, position = divmod(step, steps_per_epoch)
+            order = epoch_order(data_key, epoch, num_examples)
+            while position < steps_per_epoch and step < last:
+                rows = order[position * batch_size : (position + 1) * batch_size]
+                batch = dict(zip(("image", "label"), sharding.shard_batch(
+                    mesh, images[rows], labels[rows].astype(np.int32)), strict=True))
+                state, metrics = train_step(state, batch, train_key)
+                step, position, seen = step + 1, position + 1, seen + batch_size
+                window.append(metrics)
+                if step % log_every == 0 or step == last:
+                    record = _log(metrics_file, window, step, epoch, seen / (time.perf_counter() - t0))
+                    window = []
+                    if bar:
+                        bar.update(0, extra=f"loss {record['loss']:.4f} | {record['images_per_s']:.0f} img/s")
+                if checkpoint_every and step % checkpoint_every == 0 and step < last:
+                    _save(ckpt_dir, state, meta, max_to_keep)
+                if bar:
+                    bar.update(1)
+    if checkpoint.latest_step(ckpt_dir) != step:
+        _save(ckpt_dir, state, meta, max_to_keep)
+    return state
+
+
+def _make_loss(name, model, *, sigma, k):
+    if name not in losses.LOSSES:
+        raise ValueError(f"unknown loss {name!r}; available: {sorted(losses.LOSSES)}")
+    apply_fn = losses.make_train_apply(model)
+    fn = losses.LOSSES[name]
+
+    def loss_fn(params, model_state, batch, key):
+        return fn(params, model_state, batch, key, apply_fn=apply_fn, sigma=sigma, k=k)
+
+    return loss_fn
+
+
+def _log(metrics_file, window, step, epoch, images_per_s):
+    window = jax.device_get(window)
+    record = {k: float(np.mean([m[k] for m in window])) for k in window[0]}
+    if not all(math.isfinite(v) for v in record.values()):
+        raise NonFiniteLossError(
+            f"non-finite training metrics at step {step} ({record}); stopped without saving: the "
+            "last good checkpoint is kept. Lower the learning rate or check the data."
+        )
+    record.update(step=step, epoch=epoch, images_per_s=images_per_s)
+    metrics_file.write(json.dumps(record) + "\n")
+    metrics_file.flush()
+    return record
+
+
+def _model_item(state: TrainState):
+    return {"params": state.params, "batch_stats": state.model_state}
+
+
+def _train_item(state: TrainState):
+    return {"step": state.step, "opt_state": state.opt_state}
+
+
+def _save(ckpt_dir, state, meta, max_to_keep):
+    state = jax.device_get(state)
+    checkpoint.save(ckpt_dir, int(state.step), model=_model_item(state), train=_train_item(state),
+                    meta=meta, max_to_keep=max_to_keep)
+
+
+def load_for_eval(ckpt_dir, step: int | None = None):
+    """(model, variables, meta, step) from a training checkpoint, for certification."""
+    step, meta = checkpoint.restore_meta(ckpt_dir, step)
+    for field in ("model", "num_classes", "input_shape", "dataset"):
+        if field not in meta:
+            raise checkpoint.CheckpointError(f"checkpoint {ckpt_dir} metadata lacks {field!r}")
+    model = models.make_model(meta["model"], num_classes=meta["num_classes"], dataset=meta["dataset"])
+    like = models.init_variables(model, jax.random.key(0), meta["input_shape"])
+    like = {"params": like["params"], "batch_stats": like.get("batch_stats", {})}
+    step, variables, _ = checkpoint.restore(ckpt_dir, step, model_like=like)
+    if not variables["batch_stats"]:
+        variables = {"params": variables["params"]}
+    return model, variables, meta, step

@@ -1,0 +1,143 @@
+"""Vote counting on the device: class counts of a base classifier under Gaussian noise.
+
+For each example i and noise sample j the noise is drawn from its own key,
+
+    key_ij = fold_in(fold_in(fold_in(root_key, idx_i), stream), j),
+
+where idx_i is the example's global index (its position in the dataset) and stream separates the
+selection draws (n0) from the estimation draws (n). The counts therefore do not depend on the chunk
+size, the example batch size, the number of devices, the order of examples, or where a run resumed.
+
+Noise samples are processed in chunks: one step draws `chunk` noise samples for every example of the
+batch on the device, runs the classifier once on the (batch * chunk) noisy inputs (the classifier is
+vmapped over noise samples; the vmap folds into the batch axis), and adds one-hot votes into int32
+counts. At most batch * chunk noisy inputs exist at once, never batch * n.
+
+References: Cohen, Rosenfeld & Kolter, ICML 2019 (CERTIFY's sampling); rsjax STYLE (PRNG discipline).
+"""
+
+import functools
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh
+
+from rsjax import sharding
+
+SELECTION = 0
+ESTIMATION = 1
+
+# logits_fn(params, x): (batch, H, W, C) float32 in [0,1] -> (batch, K) logits.
+ApplyFn = Callable[[Any, jax.Array], jax.Array]
+
+
+def balanced_chunk(num_samples: int, chunk_size: int) -> tuple[int, int]:
+    """(number of chunks, samples per chunk) covering num_samples with chunks of <= chunk_size.
+
+    Chunks are balanced so that at most (number of chunks - 1) padded samples are wasted.
+    """
+    if num_samples < 1:
+        raise ValueError(f"the number of noise samples must be >= 1, got {num_samples}")
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    num_chunks = -(-num_samples // chunk_size)
+    return num_chunks, -(-num_samples // num_chunks)
+
+
+def example_keys(key: jax.Array, idx: jax.Array, stream: int) -> jax.Array:
+    """Per-example keys for one stream: fold_in(fold_in(key, idx_i), stream). idx: (B,) int."""
+    return jax.vmap(lambda i: jax.random.fold_in(jax.random.fold_in(key, i), stream))(idx)
+
+
+def noisy_inputs(keys: jax.Array, x: jax.Array, sample_ids: jax.Array, sigma) -> jax.Array:
+    """x_i + sigma * eps_ij for every example key i and sample id j: (B, J, *x.shape[1:])."""
+
+    def one_example(example_key, image):
+        def one_sample(j):
+            eps = jax.random.normal(jax.random.fold_in(example_key, j), image.shape, image.dtype)
+            return image + sigma * eps
+
+        return jax.vmap(one_sample)(sample_ids)
+
+    return jax.vmap(one_example)(keys, x)
+
+
+@functools.partial(
+    jax.jit, static_argnames=("logits_fn", "num_classes", "num_samples", "chunk_size", "stream")
+)
+def _count(key, params, x, idx, sigma, *, logits_fn, num_classes, num_samples, chunk_size, stream):
+    num_chunks, chunk = balanced_chunk(num_samples, chunk_size)
+    batch = x.shape[0]
+    keys = example_keys(key, idx, stream)
+
+    def step(c, counts):
+        sample_ids = c * chunk + jnp.arange(chunk, dtype=jnp.uint32)
+        noisy = noisy_inputs(keys, x, sample_ids, sigma)
+        logits = logits_fn(params, noisy.reshape((batch * chunk,) + x.shape[1:]))
+        if logits.ndim != 2 or logits.shape[-1] > num_classes:
+            raise ValueError(
+                f"the classifier returns logits of shape {logits.shape[1:]} per input but "
+                f"num_classes = {num_classes}: num_classes must be >= the model's output size"
+            )
+        votes = jnp.argmax(logits, axis=-1).reshape(batch, chunk)
+        valid = (sample_ids < num_samples)[None, :, None]
+        one_hot = (votes[..., None] == jnp.arange(num_classes)) & valid
+        return counts + one_hot.sum(axis=1, dtype=jnp.int32)
+
+    return jax.lax.fori_loop(0, num_chunks, step, jnp.zeros((batch, num_classes), jnp.int32))
+
+
+def count_votes(
+    key: jax.Array,
+    logits_fn: ApplyFn,
+    params: Any,
+    x: np.ndarray,
+    idx: np.ndarray,
+    *,
+    sigma: float,
+    num_classes: int,
+    num_samples: int,
+    chunk_size: int,
+    stream: int,
+    mesh: Mesh | None = None,
+) -> np.ndarray:
+    """Class counts of argmax logits_fn(params, x_i + sigma * eps_ij), j < num_samples.
+
+    Args:
+      key: the run's certification key (the same for every example; see the module docstring).
+      logits_fn: pure function (params, images) -> logits; passed as a static argument to jit, so
+        pass the same function object every call (a new lambda recompiles).
+      params: pytree of arrays, traced (not baked into the compiled function).
+      x: (B, H, W, C) float32 images in [0,1] (already validated by the caller).
+      idx: (B,) global example indices, the source of each example's randomness.
+      sigma: noise standard deviation in [0,1] pixel units.
+      num_classes: length of the count vectors (>= the model's number of outputs).
+      num_samples: noise samples per example.
+      chunk_size: at most this many noise samples per example per device step (bounds memory at
+        B * chunk_size noisy inputs).
+      stream: `SELECTION` or `ESTIMATION`.
+      mesh: device mesh; the example batch is padded and split over its batch axis. Default: all
+        devices.
+
+    Returns:
+      (B, num_classes) int32 numpy array; each row sums to num_samples.
+    """
+    mesh = sharding.batch_mesh() if mesh is None else mesh
+    size = x.shape[0]
+    x_dev, idx_dev = sharding.shard_batch(mesh, np.asarray(x), np.asarray(idx, np.uint32))
+    params = sharding.replicate(mesh, params)
+    counts = _count(
+        key,
+        params,
+        x_dev,
+        idx_dev,
+        jnp.float32(sigma),
+        logits_fn=logits_fn,
+        num_classes=num_classes,
+        num_samples=num_samples,
+        chunk_size=chunk_size,
+        stream=stream,
+    )
+    return np.asarray(jax.device_get(counts))[:size]

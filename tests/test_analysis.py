@@ -1,0 +1,254 @@
+"""Tests for rsjax.analysis and experiments/analyze.py: hand-computed oracles, both time formats,
+header validation, the markdown table, the PNG and the CLI end to end."""
+
+import datetime
+import json
+import os
+import pathlib
+import struct
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from rsjax import analysis
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+# Ten rows: six correct (radii 0.812, 0.25, 0.5, 1.5, 0.1, 2.01), two abstains, and two wrong
+# predictions, one of them with a large radius that must not count.
+HAND_TSV = """idx\tlabel\tpredict\tradius\tcorrect\ttime
+0\t3\t3\t0.812\t1\t0.5
+1\t7\t7\t0.25\t1\t0.25
+2\t1\t1\t0.5\t1\t1.0
+3\t2\t-1\t0.0\t0\t0.125
+4\t4\t9\t1.2\t0\t0.5
+5\t0\t0\t1.5\t1\t0.25
+6\t5\t5\t0.1\t1\t0.375
+7\t6\t-1\t0.0\t0\t0.5
+8\t8\t8\t2.01\t1\t0.5
+9\t9\t3\t0.3\t0\t1.0
+
+"""
+# By hand: acc(r) = #{correct and radius >= r} / 10.
+HAND_ACC = {0.0: 0.6, 0.25: 0.5, 0.5: 0.4, 0.75: 0.3, 1.0: 0.2, 1.5: 0.2, 2.0: 0.1, 2.5: 0.0}
+HAND_ACR = (0.812 + 0.25 + 0.5 + 1.5 + 0.1 + 2.01) / 10  # 0.5172
+
+# As written by Cohen et al.'s PyTorch code: time = str(datetime.timedelta).
+TORCH_TSV = """idx\tlabel\tpredict\tradius\tcorrect\ttime
+0\t7\t7\t0.953\t1\t0:00:15.123456
+20\t2\t-1\t0.0\t0\t0:00:03
+40\t1\t1\t0.25\t1\t1 day, 0:00:01.5
+"""
+
+
+@pytest.fixture
+def hand_path(tmp_path):
+    path = tmp_path / "hand.tsv"
+    path.write_text(HAND_TSV)
+    return path
+
+
+@pytest.fixture
+def torch_path(tmp_path):
+    path = tmp_path / "torch.tsv"
+    path.write_text(TORCH_TSV)
+    return path
+
+
+def test_read_hand_tsv(hand_path):
+    res = analysis.read_tsv(hand_path)
+    np.testing.assert_array_equal(res.idx, np.arange(10))
+    np.testing.assert_array_equal(res.predict, [3, 7, 1, -1, 9, 0, 5, -1, 8, 3])
+    assert res.radius.dtype == np.float64 and res.time.dtype == np.float64
+    assert res.correct.dtype == bool and res.correct.sum() == 6
+    assert res.radius[8] == 2.01
+
+
+def test_hand_metrics(hand_path):
+    res = analysis.read_tsv(hand_path)
+    radii = list(HAND_ACC)
+    np.testing.assert_allclose(analysis.certified_accuracy(res, radii), list(HAND_ACC.values()))
+    assert analysis.average_certified_radius(res) == pytest.approx(HAND_ACR, rel=1e-12)
+    summary = analysis.summarize(res, radii)
+    assert summary["n"] == 10
+    assert summary["certified_accuracy"] == pytest.approx(HAND_ACC)
+    assert summary["acr"] == pytest.approx(0.5172)
+    assert summary["abstain_rate"] == pytest.approx(0.2)
+    assert summary["clean_accuracy"] == pytest.approx(0.6)
+    assert summary["mean_time_s"] == pytest.approx(5.0 / 10)
+    assert summary["total_time_s"] == pytest.approx(5.0)
+
+
+def test_curve_matches_naive_loop():
+    """The searchsorted curve against a deliberately naive loop, ties on grid points included."""
+    rng = np.random.default_rng(0)
+    n = 200
+    radius = np.round(rng.uniform(0, 2, n), 2)
+    predict = rng.integers(-1, 3, n)
+    label = rng.integers(0, 3, n)
+    correct = predict == label
+    res = analysis.CertResults(np.arange(n), label, predict, radius, correct, np.zeros(n))
+    grid = np.linspace(0, 2.2, 221)  # hits the rounded radii exactly
+    naive = [sum(c and r >= g for c, r in zip(correct, radius, strict=True)) / n for g in grid]
+    np.testing.assert_allclose(analysis.certified_accuracy_curve(res, grid), naive)
+    curve = analysis.certified_accuracy_curve(res, grid)
+    assert np.all(np.diff(curve) <= 0)
+    assert analysis.certified_accuracy_curve(res, 0.5).shape == ()
+
+
+@pytest.mark.parametrize(
+    "text, seconds",
+    [
+        ("0.0123", 0.0123),
+        ("12", 12.0),
+        ("0:00:15.123456", 15.123456),
+        ("0:00:03", 3.0),
+        ("1 day, 0:00:01.5", 86401.5),
+        ("3 days, 12:34:56.000001", 3 * 86400 + 12 * 3600 + 34 * 60 + 56.000001),
+        ("27:00:00", 97200.0),
+    ],
+)
+def test_parse_time(text, seconds):
+    assert analysis.parse_time(text) == pytest.approx(seconds, abs=1e-9)
+
+
+@pytest.mark.parametrize(
+    "td",
+    [
+        datetime.timedelta(seconds=15, microseconds=123456),
+        datetime.timedelta(seconds=3),
+        datetime.timedelta(days=1, seconds=1, microseconds=500000),
+        datetime.timedelta(days=2, hours=23, minutes=59, seconds=59, microseconds=1),
+        datetime.timedelta(0),
+    ],
+)
+def test_parse_time_inverts_str_timedelta(td):
+    assert analysis.parse_time(str(td)) == pytest.approx(td.total_seconds(), abs=1e-9)
+
+
+@pytest.mark.parametrize("text", ["", "abc", "1:2", "0:61:00", "-1.0", "nan", "-1 day, 23:59:59"])
+def test_parse_time_rejects(text):
+    with pytest.raises(ValueError, match="invalid time"):
+        analysis.parse_time(text)
+
+
+def test_read_torch_tsv(torch_path):
+    res = analysis.read_tsv(torch_path)
+    np.testing.assert_allclose(res.time, [15.123456, 3.0, 86401.5])
+    np.testing.assert_array_equal(res.idx, [0, 20, 40])
+    np.testing.assert_allclose(
+        analysis.certified_accuracy(res, [0, 0.25, 0.5, 1.0]), [2 / 3, 2 / 3, 1 / 3, 0]
+    )
+    assert analysis.average_certified_radius(res) == pytest.approx((0.953 + 0.25) / 3)
+
+
+def test_bad_header_names_column_and_file(tmp_path):
+    path = tmp_path / "bad_header.tsv"
+    path.write_text("idx\tlabel\tpredict\tcorrect\ttime\n0\t1\t1\t1\t0.1\n")
+    with pytest.raises(ValueError) as err:
+        analysis.read_tsv(path)
+    assert "radius" in str(err.value) and str(path) in str(err.value)
+
+
+def test_space_separated_header_is_rejected(tmp_path):
+    path = tmp_path / "spaces.tsv"
+    path.write_text("idx label predict radius correct time\n0 1 1 0.5 1 0.1\n")
+    with pytest.raises(ValueError, match="missing column"):
+        analysis.read_tsv(path)
+
+
+def test_bad_row_names_file_and_line(tmp_path):
+    path = tmp_path / "bad_row.tsv"
+    path.write_text(HAND_TSV.replace("5\t0\t0\t1.5\t1\t0.25", "5\t0\t0\tone\t1\t0.25"))
+    with pytest.raises(ValueError, match=r"bad_row\.tsv:7: column radius"):
+        analysis.read_tsv(path)
+    path.write_text(HAND_TSV.replace("5\t0\t0\t1.5\t1\t0.25", "5\t0\t0\t1.5\t1"))
+    with pytest.raises(ValueError, match=r"bad_row\.tsv:7: expected 6"):
+        analysis.read_tsv(path)
+
+
+def test_column_order_crlf_and_inconsistent_correct(tmp_path):
+    path = tmp_path / "reordered.tsv"
+    path.write_text(
+        "label\tidx\tradius\tpredict\ttime\tcorrect\textra\r\n3\t0\t0.5\t3\t1.0\t1\tx\r\n\r\n"
+    )
+    res = analysis.read_tsv(path)
+    assert (res.idx[0], res.label[0], res.radius[0], bool(res.correct[0])) == (0, 3, 0.5, True)
+    path.write_text("idx\tlabel\tpredict\tradius\tcorrect\ttime\n0\t3\t4\t0.5\t1\t1.0\n")
+    with pytest.warns(UserWarning, match="correct != "):
+        analysis.read_tsv(path)
+
+
+def test_empty_results_raise(tmp_path):
+    path = tmp_path / "empty.tsv"
+    path.write_text("idx\tlabel\tpredict\tradius\tcorrect\ttime\n")
+    res = analysis.read_tsv(path)
+    assert len(res.idx) == 0
+    with pytest.raises(ValueError, match="no examples"):
+        analysis.summarize(res)
+
+
+def test_markdown_table(hand_path, torch_path):
+    runs = {"hand": analysis.read_tsv(hand_path), "torch": analysis.read_tsv(torch_path)}
+    table = analysis.markdown_table(runs, [0, 0.25, 0.5, 1.0])
+    assert table == (
+        "| run | r=0 | r=0.25 | r=0.5 | r=1 | ACR | n |\n"
+        "|---|---:|---:|---:|---:|---:|---:|\n"
+        "| hand | 0.600 | 0.500 | 0.400 | 0.200 | 0.517 | 10 |\n"
+        "| torch | 0.667 | 0.667 | 0.333 | 0.000 | 0.401 | 3 |\n"
+    )
+
+
+def _png_size(path):
+    data = pathlib.Path(path).read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    assert data[12:16] == b"IHDR"
+    return len(data), struct.unpack(">II", data[16:24])
+
+
+def test_plot_writes_png(hand_path, torch_path, tmp_path):
+    runs = {"hand": analysis.read_tsv(hand_path), "torch": analysis.read_tsv(torch_path)}
+    out = tmp_path / "curve.png"
+    analysis.plot_certified_accuracy(runs, out, title="test", max_radius=2.5)
+    nbytes, (width, height) = _png_size(out)
+    assert nbytes > 10_000 and width >= 400 and height >= 300
+
+
+def test_import_does_not_import_matplotlib():
+    code = (
+        "import sys, rsjax.analysis; assert 'matplotlib' not in sys.modules, 'matplotlib imported'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, env=_env(), cwd=REPO)
+
+
+def _env():
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    env["MPLBACKEND"] = "Agg"
+    return env
+
+
+def test_cli_end_to_end(hand_path, torch_path, tmp_path):
+    md, png, js = tmp_path / "out.md", tmp_path / "out.png", tmp_path / "out.json"
+    cmd = [sys.executable, "experiments/analyze.py", str(hand_path), str(torch_path)]
+    cmd += ["--labels", "a", "b", "--radii", "0", "0.5", "1.0"]
+    cmd += ["--markdown", str(md), "--plot", str(png), "--json", str(js)]
+    proc = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == md.read_text()
+    assert "| a | 0.600 | 0.400 | 0.200 | 0.517 | 10 |" in proc.stdout
+    assert _png_size(png)[0] > 10_000
+    summary = json.loads(js.read_text())
+    assert set(summary) == {"a", "b"}
+    assert summary["a"]["certified_accuracy"] == {"0.0": 0.6, "0.5": 0.4, "1.0": 0.2}
+    assert summary["a"]["acr"] == pytest.approx(HAND_ACR)
+    assert summary["b"]["mean_time_s"] == pytest.approx((15.123456 + 3 + 86401.5) / 3)
+    assert summary["b"]["path"] == str(torch_path)
+
+
+def test_cli_rejects_label_count(hand_path):
+    cmd = [sys.executable, "experiments/analyze.py", str(hand_path), "--labels", "a", "b"]
+    proc = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, check=False)
+    assert proc.returncode == 2 and "labels" in proc.stderr

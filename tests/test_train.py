@@ -1,0 +1,105 @@
+"""Gaussian-augmentation training: loss, resume to bit-identical parameters, NaN stop, checkpoints."""
+
+import numpy as np
+import jax
+import jax.numpy as jnp
+import pytest
+
+from rsjax import checkpoint, losses, models, sharding, train
+
+
+def _data(n=96, seed=0):
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 4, n)
+    images = np.clip(labels[:, None, None, None] / 4 + 0.1 * rng.standard_normal((n, 16, 16, 1)), 0, 1)
+    return images.astype(np.float32), labels
+
+
+FIT = dict(model_name="lenet", dataset="mnist", num_classes=4, sigma=0.25, epochs=3,
+           batch_size=16, learning_rate=0.05, checkpoint_every=4, log_every=3, show_progress=False)
+
+
+def _fit(workdir, images, labels, **kw):
+    return train.fit(jax.random.key(0), workdir, images=images, labels=labels, **{**FIT, **kw})
+
+
+def test_gaussian_loss_matches_naive_loop():
+    model = models.make_model("linear", num_classes=3)
+    params = models.init_variables(model, jax.random.key(1), (2, 2, 1))["params"]
+    apply_fn = losses.make_train_apply(model)
+    x = jax.random.uniform(jax.random.key(2), (5, 2, 2, 1))
+    y = jnp.array([0, 1, 2, 1, 0])
+    key = jax.random.key(3)
+    loss, _ = losses.gaussian_augmentation_loss(params, {}, {"image": x, "label": y}, key,
+                                                apply_fn=apply_fn, sigma=0.5, k=4)
+    noisy = np.asarray(losses.noisy_copies(key, x, sigma=0.5, k=4))
+    total = 0.0
+    for i in range(5):
+        for j in range(4):
+            logits = np.asarray(model.apply({"params": params}, noisy[i * 4 + j][None]))[0]
+            total += -(logits[int(y[i])] - np.log(np.exp(logits).sum()))
+    np.testing.assert_allclose(loss, total / 20, rtol=1e-5)
+    # The copies are x_i + sigma * eps: the noise has the right scale.
+    assert 0.4 < np.std(noisy - np.repeat(np.asarray(x), 4, axis=0)) < 0.6
+
+
+def test_resume_is_bit_identical(tmp_path):
+    images, labels = _data()
+    full = _fit(tmp_path / "full", images, labels)
+    _fit(tmp_path / "cut", images, labels, stop_after_step=7)  # killed after step 7 ...
+    assert checkpoint.latest_step(tmp_path / "cut" / "checkpoints") == 7
+    resumed = _fit(tmp_path / "cut", images, labels)  # ... and rerun with the same arguments
+    assert int(resumed.step) == int(full.step) == 3 * (96 // 16)
+    for a, b in zip(jax.tree.leaves(full), jax.tree.leaves(resumed), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    # And training moved the parameters (the comparison above is not trivially true).
+    fresh = _fit(tmp_path / "short", images, labels, stop_after_step=1)
+    assert not np.array_equal(np.asarray(jax.tree.leaves(fresh.params)[0]),
+                              np.asarray(jax.tree.leaves(full.params)[0]))
+
+
+def test_one_and_four_devices_agree(tmp_path):
+    images, labels = _data()
+    one = _fit(tmp_path / "one", images, labels, mesh=sharding.batch_mesh(jax.devices()[:1]),
+               epochs=1)
+    four = _fit(tmp_path / "four", images, labels, mesh=sharding.batch_mesh(jax.devices()[:4]),
+                epochs=1)
+    assert len(jax.devices()) == 4
+    for a, b in zip(jax.tree.leaves(one.params), jax.tree.leaves(four.params), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+    images, labels = _data()
+    _fit(tmp_path / "run", images, labels, stop_after_step=4)
+    before = checkpoint.restore_meta(tmp_path / "run" / "checkpoints")[0]
+    poisoned = images.copy()
+    poisoned[:] = np.nan
+    with pytest.raises(train.NonFiniteLossError, match="non-finite"):
+        _fit(tmp_path / "run", poisoned, labels)
+    assert checkpoint.latest_step(tmp_path / "run" / "checkpoints") == before == 4
+
+
+def test_other_run_in_workdir_is_refused(tmp_path):
+    images, labels = _data()
+    _fit(tmp_path / "run", images, labels, stop_after_step=2)
+    with pytest.raises(ValueError, match="different run"):
+        _fit(tmp_path / "run", images, labels, sigma=0.5)
+
+
+def test_batch_size_checks(tmp_path):
+    images, labels = _data()
+    with pytest.raises(ValueError, match="divisible"):
+        _fit(tmp_path / "a", images, labels, batch_size=18)
+    with pytest.raises(ValueError, match="exceeds"):
+        _fit(tmp_path / "b", images, labels, batch_size=128)
+
+
+def test_schedules():
+    for schedule in ("cosine", "constant"):
+        train.make_optimizer(learning_rate=0.1, total_steps=10, schedule=schedule)
+    train.make_optimizer(learning_rate=0.1, total_steps=10, schedule="step", decay_every=3)
+    with pytest.raises(ValueError, match="decay_every"):
+        train.make_optimizer(learning_rate=0.1, total_steps=10, schedule="step")
+    with pytest.raises(ValueError, match="unknown schedule"):
+        train.make_optimizer(learning_rate=0.1, total_steps=10, schedule="linear")
