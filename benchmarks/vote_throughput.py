@@ -20,8 +20,12 @@ import numpy as np
 
 from rsjax import models, records, votes
 
-SHAPES = {"linear": (28, 28, 1), "lenet": (28, 28, 1), "resnet20": (32, 32, 3),
-          "resnet110": (32, 32, 3)}
+SHAPES = {
+    "linear": (28, 28, 1),
+    "lenet": (28, 28, 1),
+    "resnet20": (32, 32, 3),
+    "resnet110": (32, 32, 3),
+}
 
 
 def measure(model_name, *, batch, n, chunk, repeats, num_classes=10):
@@ -43,8 +47,18 @@ def measure(model_name, *, batch, n, chunk, repeats, num_classes=10):
         jax.block_until_ready(out)
 
     def run_votes():
-        votes.count_votes(key, logits_fn, variables, x, idx, sigma=0.25, num_classes=num_classes,
-                          num_samples=n, chunk_size=chunk, stream=votes.ESTIMATION)
+        votes.count_votes(
+            key,
+            logits_fn,
+            variables,
+            x,
+            idx,
+            sigma=0.25,
+            num_classes=num_classes,
+            num_samples=n,
+            chunk_size=chunk,
+            stream=votes.ESTIMATION,
+        )
 
     run_raw(), run_votes()  # compile
     raw, vote = [], []
@@ -54,9 +68,17 @@ def measure(model_name, *, batch, n, chunk, repeats, num_classes=10):
             fn()
             out.append(batch * calls * chunk / (time.perf_counter() - t0))
     raw_med, vote_med = statistics.median(raw), statistics.median(vote)
-    return {"benchmark": "vote_throughput", "model": model_name, "batch": batch, "n": n,
-            "chunk": chunk, "repeats": repeats, "raw_inputs_per_s": raw_med,
-            "votes_samples_per_s": vote_med, "ratio": vote_med / raw_med}
+    return {
+        "benchmark": "vote_throughput",
+        "model": model_name,
+        "batch": batch,
+        "n": n,
+        "chunk": chunk,
+        "repeats": repeats,
+        "raw_inputs_per_s": raw_med,
+        "votes_samples_per_s": vote_med,
+        "ratio": vote_med / raw_med,
+    }
 
 
 def main(argv=None):
@@ -64,26 +86,43 @@ def main(argv=None):
     p.add_argument("--models", nargs="+", default=["lenet", "resnet20"])
     p.add_argument("--batch", type=int, default=8, help="examples per call")
     p.add_argument("--n", type=int, default=10_000, help="noise samples per example")
-    p.add_argument("--chunk", type=int, default=250, help="noise samples per example per step")
+    p.add_argument(
+        "--chunk",
+        type=int,
+        default=None,
+        help="noise samples per example per step (default: rsjax's platform default)",
+    )
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test, not a measure")
     p.add_argument("--out", default="benchmarks/results/vote_throughput.jsonl")
     args = p.parse_args(argv)
+    args.chunk = votes.default_chunk_size() if args.chunk is None else args.chunk
     if args.quick:
         args.batch, args.n, args.chunk, args.repeats = 2, 64, 32, 1
     env = records.environment()
     print(f"device: {env['device_kind']} x{env['device_count']}, jax {env['versions']['jax']}")
-    print("| model | examples x n | chunk | raw forward inputs/s | vote counting samples/s | ratio |")
+    print(
+        "| model | examples x n | chunk | raw forward inputs/s | vote counting samples/s | ratio |"
+    )
     print("|---|---|---|---|---|---|")
     for name in args.models:
         row = measure(name, batch=args.batch, n=args.n, chunk=args.chunk, repeats=args.repeats)
-        row.update(quick=args.quick, device_kind=env["device_kind"],
-                   device_count=env["device_count"], versions=env["versions"],
-                   git_commit=env["git_commit"], time=time.strftime("%Y-%m-%dT%H:%M:%S"))
-        print(f"| {name} | {args.batch} x {args.n} | {args.chunk} | {row['raw_inputs_per_s']:,.0f}"
-              f" | {row['votes_samples_per_s']:,.0f} | {row['ratio']:.3f} |", flush=True)
+        row.update(
+            quick=args.quick,
+            device_kind=env["device_kind"],
+            device_count=env["device_count"],
+            versions=env["versions"],
+            git_commit=env["git_commit"],
+            time=time.strftime("%Y-%m-%dT%H:%M:%S"),
+        )
+        print(
+            f"| {name} | {args.batch} x {args.n} | {args.chunk} | {row['raw_inputs_per_s']:,.0f}"
+            f" | {row['votes_samples_per_s']:,.0f} | {row['ratio']:.3f} |",
+            flush=True,
+        )
         if args.out:
             import pathlib
+
             pathlib.Path(args.out).parent.mkdir(parents=True, exist_ok=True)
             with open(args.out, "a") as f:
                 f.write(json.dumps(row) + "\n")

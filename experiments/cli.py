@@ -7,7 +7,7 @@ import argparse
 import importlib.util
 import pathlib
 
-from rsjax import data
+from rsjax import data, train
 
 
 def load_config(path: str, *, smoke: bool) -> dict:
@@ -22,14 +22,22 @@ def load_config(path: str, *, smoke: bool) -> dict:
 
 
 def add_data_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data-dir", default=None,
-                        help="tfds data directory (default: $RSJAX_DATA_DIR or "
-                             "~/.cache/rsjax/tensorflow_datasets)")
-    parser.add_argument("--data-source-dir", default=None,
-                        help="folder with the raw dataset files (IDX .gz for mnist/fashion_mnist, "
-                             "cifar-10-batches-py or its tar.gz for cifar10)")
-    parser.add_argument("--download", action="store_true",
-                        help="download the raw files when nothing local is found (needs a network)")
+    parser.add_argument(
+        "--data-dir",
+        default=None,
+        help="tfds data directory (default: $RSJAX_DATA_DIR or ~/.cache/rsjax/tensorflow_datasets)",
+    )
+    parser.add_argument(
+        "--data-source-dir",
+        default=None,
+        help="folder with the raw dataset files (IDX .gz for mnist/fashion_mnist, "
+        "cifar-10-batches-py or its tar.gz for cifar10)",
+    )
+    parser.add_argument(
+        "--download",
+        action="store_true",
+        help="download the raw files when nothing local is found (needs a network)",
+    )
 
 
 def train_and_test(config: dict, args) -> tuple[data.Dataset, data.Dataset]:
@@ -38,3 +46,28 @@ def train_and_test(config: dict, args) -> tuple[data.Dataset, data.Dataset]:
     if config["dataset"] == "mnist5k":
         return data.holdout(data.load("mnist5k", "train", **kw), every=config["holdout_every"])
     return data.load(config["dataset"], "train", **kw), data.load(config["dataset"], "test", **kw)
+
+
+def fit(key, workdir, config: dict, train_set: data.Dataset, **overrides):
+    """rsjax.train.fit with the config's settings as keyword arguments (the one place they meet)."""
+    return train.fit(
+        key,
+        workdir,
+        images=train_set.images,
+        labels=train_set.labels,
+        model_name=config["model"],
+        dataset=config["dataset"],
+        num_classes=data.num_classes(config["dataset"]),
+        sigma=config["sigma"],
+        epochs=config["epochs"],
+        batch_size=config["batch_size"],
+        learning_rate=config["learning_rate"],
+        momentum=config["momentum"],
+        weight_decay=config["weight_decay"],
+        schedule=config["schedule"],
+        decay_every_epochs=config["decay_every_epochs"],
+        loss=config["loss"],
+        k=config["k"],
+        checkpoint_every=config["checkpoint_every"],
+        **overrides,
+    )

@@ -16,11 +16,11 @@ import pathlib
 import sys
 import time
 
+import cli
 import jax
 import numpy as np
 
-import cli
-from rsjax import analysis, checkpoint, data, models, records, runs, train
+from rsjax import analysis, checkpoint, models, records, runs, train
 
 CONFIG = pathlib.Path(__file__).parent / "configs" / "mnist5k_lenet_gaussian.py"
 RADII = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -40,56 +40,80 @@ def main(argv=None):
     t0 = time.perf_counter()
     train_set, test_set = cli.train_and_test(config, args)
     timings["data_s"] = time.perf_counter() - t0
-    print(f"data: {len(train_set.labels)} training and {len(test_set.labels)} held-out images "
-          f"({config['dataset']}, every {config['holdout_every']}th held out)", file=sys.stderr)
+    print(
+        f"data: {len(train_set.labels)} training and {len(test_set.labels)} held-out images "
+        f"({config['dataset']}, every {config['holdout_every']}th held out)",
+        file=sys.stderr,
+    )
 
     root = jax.random.key(config["seed"])
     train_key, certify_key = jax.random.split(root)
     t0 = time.perf_counter()
-    train.fit(
-        train_key, outdir / "train",
-        images=train_set.images, labels=train_set.labels, model_name=config["model"],
-        dataset=config["dataset"], num_classes=data.num_classes(config["dataset"]),
-        sigma=config["sigma"], epochs=config["epochs"], batch_size=config["batch_size"],
-        learning_rate=config["learning_rate"], momentum=config["momentum"],
-        weight_decay=config["weight_decay"], schedule=config["schedule"], loss=config["loss"],
-        k=config["k"], checkpoint_every=config["checkpoint_every"],
-    )
+    cli.fit(train_key, outdir / "train", config, train_set)
     timings["train_s"] = time.perf_counter() - t0
 
     model, variables, meta, step = train.load_for_eval(outdir / "train" / "checkpoints")
     indices = np.arange(0, len(test_set.labels), config["certify_every"])
     t0 = time.perf_counter()
     paths = runs.certify_dataset(
-        certify_key, models.make_logits_fn(model), variables, test_set.images, test_set.labels,
-        indices, outputs={m: outdir / f"{m}.tsv" for m in ("cohen", "tcertify")},
-        sigma=config["sigma"], n0=config["n0"], n=config["n"], alpha=config["alpha"],
-        num_classes=meta["num_classes"], chunk_size=config["chunk_size"],
+        certify_key,
+        models.make_logits_fn(model),
+        variables,
+        test_set.images,
+        test_set.labels,
+        indices,
+        outputs={m: outdir / f"{m}.tsv" for m in ("cohen", "tcertify")},
+        sigma=config["sigma"],
+        n0=config["n0"],
+        n=config["n"],
+        alpha=config["alpha"],
+        num_classes=meta["num_classes"],
+        chunk_size=config["chunk_size"],
         batch_size=config["certify_batch_size"],
-        settings={"dataset": "mnist5k", "split": f"every {config['holdout_every']}th held out",
-                  "params_sha256": checkpoint.digest(variables)},
+        settings={
+            "dataset": "mnist5k",
+            "split": f"every {config['holdout_every']}th held out",
+            "params_sha256": checkpoint.digest(variables),
+        },
         sidecar=records.environment(),
     )
     timings["certify_s"] = time.perf_counter() - t0
 
-    results = {name: analysis.read_tsv(path) for name, path in
-               (("CERTIFY", paths["cohen"]), ("T-CERTIFY", paths["tcertify"]))}
+    results = {
+        name: analysis.read_tsv(path)
+        for name, path in (("CERTIFY", paths["cohen"]), ("T-CERTIFY", paths["tcertify"]))
+    }
     table = analysis.markdown_table(results, RADII)
-    what = (f"LeNet, Gaussian augmentation, sigma = {config['sigma']}, {config['dataset']} "
-            f"(every {config['certify_every']}th held-out image, {len(indices)} in all), n0 = {config['n0']}, n = {config['n']},"
-            f" alpha = {config['alpha']}")
+    what = (
+        f"LeNet, Gaussian augmentation, sigma = {config['sigma']}, {config['dataset']} "
+        f"(every {config['certify_every']}th held-out image, {len(indices)} in all), n0 = {config['n0']}, n = {config['n']},"
+        f" alpha = {config['alpha']}"
+    )
     (outdir / "report.md").write_text(f"# Quickstart\n\n{what}\n\n{table}")
-    analysis.plot_certified_accuracy(results, outdir / "certified_accuracy.png",
-                                     title=f"LeNet on MNIST 5k held-out, sigma = {config['sigma']}")
-    records.write_json(outdir / "run.json", {
-        "config": config, "smoke": args.smoke, "checkpoint_step": step, "timings_s": timings,
-        "results": {name: analysis.summarize(r, RADII) for name, r in results.items()},
-        **records.environment(),
-    })
+    analysis.plot_certified_accuracy(
+        results,
+        outdir / "certified_accuracy.png",
+        title=f"LeNet on MNIST 5k held-out, sigma = {config['sigma']}",
+    )
+    records.write_json(
+        outdir / "run.json",
+        {
+            "config": config,
+            "smoke": args.smoke,
+            "checkpoint_step": step,
+            "timings_s": timings,
+            "results": {name: analysis.summarize(r, RADII) for name, r in results.items()},
+            **records.environment(),
+        },
+    )
     print(f"\n{what}\n\n{table}")
-    print(f"time: data {timings['data_s']:.1f} s, train {timings['train_s']:.1f} s, "
-          f"certify {timings['certify_s']:.1f} s")
-    print(f"wrote {outdir}/{{cohen.tsv, tcertify.tsv, report.md, run.json, certified_accuracy.png}}")
+    print(
+        f"time: data {timings['data_s']:.1f} s, train {timings['train_s']:.1f} s, "
+        f"certify {timings['certify_s']:.1f} s"
+    )
+    print(
+        f"wrote {outdir}/{{cohen.tsv, tcertify.tsv, report.md, run.json, certified_accuracy.png}}"
+    )
 
 
 if __name__ == "__main__":

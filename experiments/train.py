@@ -7,10 +7,10 @@
 import argparse
 import sys
 
+import cli
 import jax
 
-import cli
-from rsjax import data, records, train
+from rsjax import records
 
 
 def main(argv=None):
@@ -18,29 +18,37 @@ def main(argv=None):
     parser.add_argument("--config", required=True, help="experiments/configs/*.py")
     parser.add_argument("--workdir", required=True, help="run directory (checkpoints, metrics)")
     parser.add_argument("--smoke", action="store_true", help="tiny settings that run in seconds")
-    parser.add_argument("--stop-after-step", type=int, default=None,
-                        help="stop (with a checkpoint) after this many steps in total")
+    parser.add_argument(
+        "--stop-after-step",
+        type=int,
+        default=None,
+        help="stop (with a checkpoint) after this many steps in total",
+    )
     cli.add_data_flags(parser)
     args = parser.parse_args(argv)
     config = cli.load_config(args.config, smoke=args.smoke)
     train_set, _ = cli.train_and_test(config, args)
     records.check_writable(f"{args.workdir}/config.json")
-    records.write_json(f"{args.workdir}/config.json",
-                       {"config": config, "config_file": args.config, "smoke": args.smoke,
-                        **records.environment()})
-    state = train.fit(
-        jax.random.key(config["seed"]), args.workdir,
-        images=train_set.images, labels=train_set.labels,
-        model_name=config["model"], dataset=config["dataset"],
-        num_classes=data.num_classes(config["dataset"]), sigma=config["sigma"],
-        epochs=config["epochs"], batch_size=config["batch_size"],
-        learning_rate=config["learning_rate"], momentum=config["momentum"],
-        weight_decay=config["weight_decay"], schedule=config["schedule"],
-        loss=config["loss"], k=config["k"], checkpoint_every=config["checkpoint_every"],
+    records.write_json(
+        f"{args.workdir}/config.json",
+        {
+            "config": config,
+            "config_file": args.config,
+            "smoke": args.smoke,
+            **records.environment(),
+        },
+    )
+    state = cli.fit(
+        jax.random.key(config["seed"]),
+        args.workdir,
+        config,
+        train_set,
         stop_after_step=args.stop_after_step,
     )
-    print(f"trained to step {int(state.step)}; checkpoints in {args.workdir}/checkpoints",
-          file=sys.stderr)
+    print(
+        f"trained to step {int(state.step)}; checkpoints in {args.workdir}/checkpoints",
+        file=sys.stderr,
+    )
 
 
 if __name__ == "__main__":

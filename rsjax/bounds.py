@@ -30,7 +30,9 @@ def check_sigma(sigma: float) -> float:
     """Returns sigma as a float, or raises ValueError unless sigma > 0 and finite."""
     sigma = float(sigma)
     if not (sigma > 0.0 and math.isfinite(sigma)):
-        raise ValueError(f"sigma must be a finite number > 0 (noise std in [0,1] pixel units), got {sigma}")
+        raise ValueError(
+            f"sigma must be a finite number > 0 (noise std in [0,1] pixel units), got {sigma}"
+        )
     return sigma
 
 

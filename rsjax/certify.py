@@ -54,7 +54,9 @@ class Prediction(NamedTuple):
 def _as_counts(counts, name: str) -> np.ndarray:
     counts = np.asarray(counts)
     if not np.issubdtype(counts.dtype, np.integer):
-        raise TypeError(f"{name} must be an integer array of class counts, got dtype {counts.dtype}")
+        raise TypeError(
+            f"{name} must be an integer array of class counts, got dtype {counts.dtype}"
+        )
     if counts.ndim != 2:
         raise ValueError(f"{name} must have shape (examples, classes), got shape {counts.shape}")
     if counts.shape[1] < 2:
@@ -70,7 +72,9 @@ def _runner_up_upper(counts, top, alpha_b):
     """max over c != top of the Clopper-Pearson upper bound at level alpha_b / (K - 1) (Bonferroni)."""
     n = counts.sum(axis=1, keepdims=True)
     num_classes = counts.shape[1]
-    upper = bounds.clopper_pearson_upper(counts, n, np.asarray(alpha_b)[..., None] / (num_classes - 1))
+    upper = bounds.clopper_pearson_upper(
+        counts, n, np.asarray(alpha_b)[..., None] / (num_classes - 1)
+    )
     others = np.arange(num_classes)[None, :] != top[:, None]
     return np.where(others, upper, 0.0).max(axis=1)
 
@@ -85,7 +89,8 @@ def _two_sided(counts, top, sigma, alpha_a, alpha_b):
     spend = alpha_b > 0
     if np.any(spend):
         pb_upper = np.where(
-            spend, np.minimum(pb_upper, _runner_up_upper(counts, top, np.where(spend, alpha_b, 1.0))),
+            spend,
+            np.minimum(pb_upper, _runner_up_upper(counts, top, np.where(spend, alpha_b, 1.0))),
             pb_upper,
         )
     certified = pa_lower > pb_upper
@@ -156,7 +161,9 @@ def certify_from_counts(
     counts0 = _as_counts(counts0, "counts0")
     counts = _as_counts(counts, "counts")
     if counts0.shape != counts.shape:
-        raise ValueError(f"counts0 {counts0.shape} and counts {counts.shape} must have the same shape")
+        raise ValueError(
+            f"counts0 {counts0.shape} and counts {counts.shape} must have the same shape"
+        )
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     n = counts.sum(axis=1)
@@ -184,8 +191,10 @@ def certify_from_counts(
             for f in grid:
                 r_f, pa_f, pb_f = _two_sided(counts, top, sigma, (1 - f) * share, f * share)
                 better = r_f > r
-                r, pa_lower, pb_upper = (np.where(better, new, old) for new, old in
-                                         ((r_f, r), (pa_f, pa_lower), (pb_f, pb_upper)))
+                r, pa_lower, pb_upper = (
+                    np.where(better, new, old)
+                    for new, old in ((r_f, r), (pa_f, pa_lower), (pb_f, pb_upper))
+                )
     certified = np.isfinite(r)
     return Certificate(
         prediction=np.where(certified, top, ABSTAIN).astype(np.int64),
@@ -260,15 +269,39 @@ class _CallWithoutParams:
         return isinstance(other, _CallWithoutParams) and other.fn is self.fn
 
 
-def _batched_counts(key, apply_fn, params, x, idx, *, num_samples, stream, batch_size, **kw):
-    out = [
-        votes.count_votes(
-            key, apply_fn, params, x[s : s + batch_size], idx[s : s + batch_size],
-            num_samples=num_samples, stream=stream, **kw,
+def _make_drawer(
+    key, logits_fn, x, *, sigma, alpha, n, num_classes, chunk_size, batch_size, params, idx, mesh
+):
+    """Validates the common arguments of certify/predict; returns draw(num_samples, stream) ->
+    (B, num_classes) int32 counts over all of x, example batch by example batch."""
+    sigma = bounds.check_sigma(sigma)
+    bounds.check_alpha(alpha)
+    _check_samples("n", n)
+    x = check_images(x)
+    idx = votes.check_indices(np.arange(x.shape[0]) if idx is None else idx, x.shape[0])
+    apply_fn, params = _as_apply(logits_fn, params)
+
+    def draw(num_samples, stream):
+        return np.concatenate(
+            [
+                votes.count_votes(
+                    key,
+                    apply_fn,
+                    params,
+                    x[s : s + batch_size],
+                    idx[s : s + batch_size],
+                    sigma=sigma,
+                    num_classes=int(num_classes),
+                    num_samples=num_samples,
+                    chunk_size=chunk_size,
+                    stream=stream,
+                    mesh=mesh,
+                )
+                for s in range(0, x.shape[0], batch_size)
+            ]
         )
-        for s in range(0, x.shape[0], batch_size)
-    ]
-    return np.concatenate(out, axis=0)
+
+    return draw
 
 
 def certify(
@@ -282,8 +315,8 @@ def certify(
     alpha: float,
     num_classes: int,
     method: str = "cohen",
-    chunk_size: int = 1000,
-    batch_size: int = 64,
+    chunk_size: int | None = None,
+    batch_size: int = 8,
     params: Any = None,
     idx=None,
     mesh=None,
@@ -309,20 +342,32 @@ def certify(
     Returns:
       Certificate per example; see `certify_from_counts` for the guarantee.
     """
-    sigma = bounds.check_sigma(sigma)
-    alpha = bounds.check_alpha(alpha)
     n0 = _check_samples("n0", n0)
-    n = _check_samples("n", n)
-    x = check_images(x)
-    idx = np.arange(x.shape[0]) if idx is None else np.asarray(idx)
-    apply_fn, params = _as_apply(logits_fn, params)
-    kw = dict(sigma=sigma, num_classes=int(num_classes), chunk_size=int(chunk_size), mesh=mesh)
-    counts0 = _batched_counts(key, apply_fn, params, x, idx, num_samples=n0,
-                              stream=votes.SELECTION, batch_size=batch_size, **kw)
-    counts = _batched_counts(key, apply_fn, params, x, idx, num_samples=n,
-                             stream=votes.ESTIMATION, batch_size=batch_size, **kw)
-    return certify_from_counts(counts0, counts, sigma=sigma, alpha=alpha, method=method,
-                               alpha_split=alpha_split, split_grid=split_grid)
+    draw = _make_drawer(
+        key,
+        logits_fn,
+        x,
+        sigma=sigma,
+        alpha=alpha,
+        n=n,
+        num_classes=num_classes,
+        chunk_size=chunk_size,
+        batch_size=batch_size,
+        params=params,
+        idx=idx,
+        mesh=mesh,
+    )
+    counts0 = draw(n0, votes.SELECTION)
+    counts = draw(n, votes.ESTIMATION)
+    return certify_from_counts(
+        counts0,
+        counts,
+        sigma=sigma,
+        alpha=alpha,
+        method=method,
+        alpha_split=alpha_split,
+        split_grid=split_grid,
+    )
 
 
 def predict(
@@ -334,8 +379,8 @@ def predict(
     n: int,
     alpha: float,
     num_classes: int,
-    chunk_size: int = 1000,
-    batch_size: int = 64,
+    chunk_size: int | None = None,
+    batch_size: int = 8,
     params: Any = None,
     idx=None,
     mesh=None,
@@ -345,17 +390,21 @@ def predict(
     Uses the estimation stream of each example's key. Guarantee: a non-abstaining answer differs from
     the smoothed classifier's class with probability <= alpha.
     """
-    bounds.check_sigma(sigma)
-    alpha = bounds.check_alpha(alpha)
-    n = _check_samples("n", n)
-    x = check_images(x)
-    idx = np.arange(x.shape[0]) if idx is None else np.asarray(idx)
-    apply_fn, params = _as_apply(logits_fn, params)
-    counts = _batched_counts(
-        key, apply_fn, params, x, idx, num_samples=n, stream=votes.ESTIMATION,
-        batch_size=batch_size, sigma=float(sigma), num_classes=int(num_classes),
-        chunk_size=int(chunk_size), mesh=mesh,
+    draw = _make_drawer(
+        key,
+        logits_fn,
+        x,
+        sigma=sigma,
+        alpha=alpha,
+        n=n,
+        num_classes=num_classes,
+        chunk_size=chunk_size,
+        batch_size=batch_size,
+        params=params,
+        idx=idx,
+        mesh=mesh,
     )
+    counts = draw(n, votes.ESTIMATION)
     return predict_from_counts(counts, alpha=alpha)
 
 

@@ -77,9 +77,13 @@ def restore_meta(directory, step: int | None = None) -> tuple[int, dict]:
     step = _resolve_step(directory, step)
     try:
         with _manager(directory, read_only=True) as manager:
-            meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+            meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))[
+                "meta"
+            ]
     except Exception as e:  # orbax raises many types for a damaged file
-        raise CheckpointError(f"checkpoint {directory} step {step}: metadata is unreadable ({e})") from e
+        raise CheckpointError(
+            f"checkpoint {directory} step {step}: metadata is unreadable ({e})"
+        ) from e
     if not isinstance(meta, dict):
         raise CheckpointError(f"checkpoint {directory} step {step}: metadata is not a JSON object")
     return step, meta
@@ -115,8 +119,10 @@ def _check_finite_and_shapes(tree, like, where):
         jax.tree_util.tree_leaves_with_path(tree), jax.tree.leaves(like), strict=True
     ):
         if np.shape(got) != np.shape(want):
-            raise CheckpointError(f"checkpoint {where}: {jax.tree_util.keystr(path)} has shape "
-                                  f"{np.shape(got)}, expected {np.shape(want)}")
+            raise CheckpointError(
+                f"checkpoint {where}: {jax.tree_util.keystr(path)} has shape "
+                f"{np.shape(got)}, expected {np.shape(want)}"
+            )
         if not np.all(np.isfinite(np.asarray(got))):
             raise CheckpointError(f"checkpoint {where}: {jax.tree_util.keystr(path)} holds NaN/inf")
 

@@ -446,7 +446,9 @@ class RsjaxMnist5k(_Builder, skip_registration=True):
     @classmethod
     def locate(cls, source):
         path = (
-            source if source.is_file() else rawfiles.first_existing(source, (_MNIST5K_CSV, "mnist_5k.csv"))
+            source
+            if source.is_file()
+            else rawfiles.first_existing(source, (_MNIST5K_CSV, "mnist_5k.csv"))
         )
         return {"train": [path]} if path else {}
 
@@ -489,5 +491,7 @@ def holdout(dataset: Dataset, *, every: int) -> tuple[Dataset, Dataset]:
     if every < 2:
         raise ValueError(f"holdout needs every >= 2, got {every}")
     held = np.arange(len(dataset.labels)) % every == 0
-    return (Dataset(dataset.images[~held], dataset.labels[~held]),
-            Dataset(dataset.images[held], dataset.labels[held]))
+    return (
+        Dataset(dataset.images[~held], dataset.labels[~held]),
+        Dataset(dataset.images[held], dataset.labels[held]),
+    )

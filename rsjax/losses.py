@@ -51,8 +51,9 @@ def gaussian_augmentation_loss(
       (loss, (new_model_state, {"loss", "ce", "accuracy"})), accuracy on the noisy copies.
     """
     images, labels = batch["image"], batch["label"]
-    logits, model_state = apply_fn(params, model_state, noisy_copies(key, images, sigma=sigma, k=k),
-                                   True)
+    logits, model_state = apply_fn(
+        params, model_state, noisy_copies(key, images, sigma=sigma, k=k), True
+    )
     labels_k = jnp.repeat(labels, k)
     ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels_k).mean()
     accuracy = (logits.argmax(-1) == labels_k).mean()

@@ -19,8 +19,16 @@ def format_seconds(seconds: float) -> str:
 class Progress:
     """progress = Progress(total, "certify", unit="img"); progress.update(k, extra="12.3k samples/s")."""
 
-    def __init__(self, total: int, desc: str, *, unit: str = "it", done: int = 0,
-                 every_s: float = 5.0, stream=None):
+    def __init__(
+        self,
+        total: int,
+        desc: str,
+        *,
+        unit: str = "it",
+        done: int = 0,
+        every_s: float = 5.0,
+        stream=None,
+    ):
         self.total, self.desc, self.unit, self.every_s = total, desc, unit, every_s
         self.done = self.start_done = done
         self.stream = sys.stderr if stream is None else stream
@@ -38,8 +46,10 @@ class Progress:
         elapsed = now - self.start
         rate = (self.done - self.start_done) / elapsed if elapsed > 0 else float("nan")
         left = (self.total - self.done) / rate if rate > 0 else float("nan")
-        line = (f"{self.desc}: {self.done}/{self.total} {self.unit} | {rate:.2f} {self.unit}/s | "
-                f"elapsed {format_seconds(elapsed)} | left {format_seconds(left)}")
+        line = (
+            f"{self.desc}: {self.done}/{self.total} {self.unit} | {rate:.2f} {self.unit}/s | "
+            f"elapsed {format_seconds(elapsed)} | left {format_seconds(left)}"
+        )
         if extra:
             line += f" | {extra}"
         end = "\n" if not self.tty or self.done >= self.total else ""

@@ -19,8 +19,17 @@ from typing import Iterable
 import jax
 
 HEADER = ("idx", "label", "predict", "radius", "correct", "time")
-PACKAGES = ("rsjax", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "tensorflow-datasets",
-            "scipy", "numpy")
+PACKAGES = (
+    "rsjax",
+    "jax",
+    "jaxlib",
+    "flax",
+    "optax",
+    "orbax-checkpoint",
+    "tensorflow-datasets",
+    "scipy",
+    "numpy",
+)
 
 
 def environment() -> dict:
@@ -48,10 +57,21 @@ def git_commit() -> str | None:
     """The commit of the rsjax checkout (with '+dirty' for local changes), or None outside git."""
     here = pathlib.Path(__file__).resolve().parent
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True,
-                                text=True, timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=here,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=here,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
     return commit + ("+dirty" if dirty else "")
@@ -108,7 +128,9 @@ class CertificationTSV:
         if self.sidecar.exists():
             previous = json.loads(self.sidecar.read_text()).get("settings", {})
         if previous != self.settings:
-            diff = {k: (previous.get(k), v) for k, v in self.settings.items() if previous.get(k) != v}
+            diff = {
+                k: (previous.get(k), v) for k, v in self.settings.items() if previous.get(k) != v
+            }
             raise ValueError(
                 f"{self.path} exists from a run with other settings (saved vs now: {diff or previous}); "
                 "it is left untouched: choose another output path or delete it to start over"

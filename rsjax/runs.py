@@ -30,8 +30,8 @@ def certify_dataset(
     n: int,
     alpha: float,
     num_classes: int,
-    chunk_size: int = 1000,
-    batch_size: int = 32,
+    chunk_size: int | None = None,
+    batch_size: int = 8,
     settings: dict | None = None,
     sidecar: dict | None = None,
     alpha_split: str = "selection",
@@ -68,7 +68,9 @@ def certify_dataset(
     done = _consistent_prefix(tsvs, indices)
     todo = indices[done:]
 
-    bar = progress.Progress(len(indices), "certify", unit="img", done=done) if show_progress else None
+    bar = (
+        progress.Progress(len(indices), "certify", unit="img", done=done) if show_progress else None
+    )
     t_start = time.perf_counter()
     samples = 0
     for start in range(0, len(todo), batch_size):
@@ -76,13 +78,16 @@ def certify_dataset(
         x = check_images(images[rows])
         t0 = time.perf_counter()
         common = dict(sigma=sigma, num_classes=num_classes, chunk_size=chunk_size, mesh=mesh)
-        counts0 = votes.count_votes(key, logits_fn, params, x, rows, num_samples=n0,
-                                    stream=votes.SELECTION, **common)
-        counts = votes.count_votes(key, logits_fn, params, x, rows, num_samples=n,
-                                   stream=votes.ESTIMATION, **common)
+        counts0 = votes.count_votes(
+            key, logits_fn, params, x, rows, num_samples=n0, stream=votes.SELECTION, **common
+        )
+        counts = votes.count_votes(
+            key, logits_fn, params, x, rows, num_samples=n, stream=votes.ESTIMATION, **common
+        )
         certs = {
-            method: certify_from_counts(counts0, counts, sigma=sigma, alpha=alpha,
-                                                method=method, alpha_split=alpha_split)
+            method: certify_from_counts(
+                counts0, counts, sigma=sigma, alpha=alpha, method=method, alpha_split=alpha_split
+            )
             for method in tsvs
         }
         per_example = (time.perf_counter() - t0) / len(rows)
@@ -97,9 +102,15 @@ def certify_dataset(
             bar.update(len(rows), extra=f"{rate:,.0f} noise samples/s")
     wall = time.perf_counter() - t_start
     for tsv in tsvs.values():
-        tsv.write_sidecar(dict(sidecar or {}, examples_done=len(tsv.done), complete=len(tsv.done)
-                               == len(indices), last_session_wall_s=wall,
-                               last_session_noise_samples_per_s=samples / wall if wall else None))
+        tsv.write_sidecar(
+            dict(
+                sidecar or {},
+                examples_done=len(tsv.done),
+                complete=len(tsv.done) == len(indices),
+                last_session_wall_s=wall,
+                last_session_noise_samples_per_s=samples / wall if wall else None,
+            )
+        )
     return {method: str(tsv.path) for method, tsv in tsvs.items()}
 
 

@@ -85,7 +85,7 @@ def make_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation):
         (loss, (model_state, metrics)), grads = grad_fn(state.params, state.model_state, batch, key)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        metrics = dict(metrics, loss=loss, grad_norm=optax.global_norm(grads))
+        metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads))
         return TrainState(state.step + 1, params, model_state, opt_state), metrics
 
     return jax.jit(step, donate_argnums=0)
@@ -154,28 +154,45 @@ def fit(
     total_steps = epochs * steps_per_epoch
     model = models.make_model(model_name, num_classes=num_classes, dataset=dataset)
     optimizer = make_optimizer(
-        learning_rate=learning_rate, total_steps=total_steps, momentum=momentum,
-        weight_decay=weight_decay, schedule=schedule,
+        learning_rate=learning_rate,
+        total_steps=total_steps,
+        momentum=momentum,
+        weight_decay=weight_decay,
+        schedule=schedule,
         decay_every=decay_every_epochs * steps_per_epoch,
     )
     init_key, data_key, train_key = jax.random.split(key, 3)
     state = init_state(model, init_key, images.shape[1:], optimizer)
     meta = {
-        "model": model_name, "dataset": dataset, "num_classes": num_classes,
-        "input_shape": list(images.shape[1:]), "sigma": sigma, "loss": loss, "k": k,
-        "epochs": epochs, "batch_size": batch_size, "total_steps": total_steps,
+        "model": model_name,
+        "dataset": dataset,
+        "num_classes": num_classes,
+        "input_shape": list(images.shape[1:]),
+        "sigma": sigma,
+        "loss": loss,
+        "k": k,
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "total_steps": total_steps,
     }
     start = checkpoint.latest_step(ckpt_dir)
     if start is not None:
         _, saved_meta = checkpoint.restore_meta(ckpt_dir, start)
         mismatched = {k: (saved_meta.get(k), v) for k, v in meta.items() if saved_meta.get(k) != v}
         if mismatched:
-            raise ValueError(f"{workdir} holds a different run (saved vs requested: {mismatched}); "
-                             "use a fresh workdir")
+            raise ValueError(
+                f"{workdir} holds a different run (saved vs requested: {mismatched}); "
+                "use a fresh workdir"
+            )
         _, model_vars, train_vars = checkpoint.restore(
-            ckpt_dir, start, model_like=_model_item(state), train_like=_train_item(state))
-        state = TrainState(train_vars["step"], model_vars["params"], model_vars["batch_stats"],
-                           train_vars["opt_state"])
+            ckpt_dir, start, model_like=_model_item(state), train_like=_train_item(state)
+        )
+        state = TrainState(
+            train_vars["step"],
+            model_vars["params"],
+            model_vars["batch_stats"],
+            train_vars["opt_state"],
+        )
     workdir.mkdir(parents=True, exist_ok=True)
 
     loss_fn = _make_loss(loss, model, sigma=sigma, k=k)
@@ -183,8 +200,11 @@ def fit(
     state = sharding.replicate(mesh, state)
     step = int(state.step)
     last = total_steps if stop_after_step is None else min(total_steps, stop_after_step)
-    bar = progress.Progress(last, f"train {model_name}", unit="step", done=step) if show_progress \
+    bar = (
+        progress.Progress(last, f"train {model_name}", unit="step", done=step)
+        if show_progress
         else None
+    )
     window = []
     t0, seen = time.perf_counter(), 0
     with open(workdir / "metrics.jsonl", "a") as metrics_file:
@@ -193,16 +213,26 @@ def fit(
             order = epoch_order(data_key, epoch, num_examples)
             while position < steps_per_epoch and step < last:
                 rows = order[position * batch_size : (position + 1) * batch_size]
-                batch = dict(zip(("image", "label"), sharding.shard_batch(
-                    mesh, images[rows], labels[rows].astype(np.int32)), strict=True))
+                batch = dict(
+                    zip(
+                        ("image", "label"),
+                        sharding.shard_batch(mesh, images[rows], labels[rows].astype(np.int32)),
+                        strict=True,
+                    )
+                )
                 state, metrics = train_step(state, batch, train_key)
                 step, position, seen = step + 1, position + 1, seen + batch_size
                 window.append(metrics)
                 if step % log_every == 0 or step == last:
-                    record = _log(metrics_file, window, step, epoch, seen / (time.perf_counter() - t0))
+                    record = _log(
+                        metrics_file, window, step, epoch, seen / (time.perf_counter() - t0)
+                    )
                     window = []
                     if bar:
-                        bar.update(0, extra=f"loss {record['loss']:.4f} | {record['images_per_s']:.0f} img/s")
+                        bar.update(
+                            0,
+                            extra=f"loss {record['loss']:.4f} | {record['images_per_s']:.0f} img/s",
+                        )
                 if checkpoint_every and step % checkpoint_every == 0 and step < last:
                     _save(ckpt_dir, state, meta, max_to_keep)
                 if bar:
@@ -248,8 +278,14 @@ def _train_item(state: TrainState):
 
 def _save(ckpt_dir, state, meta, max_to_keep):
     state = jax.device_get(state)
-    checkpoint.save(ckpt_dir, int(state.step), model=_model_item(state), train=_train_item(state),
-                    meta=meta, max_to_keep=max_to_keep)
+    checkpoint.save(
+        ckpt_dir,
+        int(state.step),
+        model=_model_item(state),
+        train=_train_item(state),
+        meta=meta,
+        max_to_keep=max_to_keep,
+    )
 
 
 def load_for_eval(ckpt_dir, step: int | None = None):
@@ -258,7 +294,9 @@ def load_for_eval(ckpt_dir, step: int | None = None):
     for field in ("model", "num_classes", "input_shape", "dataset"):
         if field not in meta:
             raise checkpoint.CheckpointError(f"checkpoint {ckpt_dir} metadata lacks {field!r}")
-    model = models.make_model(meta["model"], num_classes=meta["num_classes"], dataset=meta["dataset"])
+    model = models.make_model(
+        meta["model"], num_classes=meta["num_classes"], dataset=meta["dataset"]
+    )
     like = models.init_variables(model, jax.random.key(0), meta["input_shape"])
     like = {"params": like["params"], "batch_stats": like.get("batch_stats", {})}
     step, variables, _ = checkpoint.restore(ckpt_dir, step, model_like=like)

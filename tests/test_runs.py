@@ -26,13 +26,26 @@ def _logits_fn(params, x):
 PARAMS = {"w": jnp.linspace(-1.0, 1.0, 16)}
 IMAGES = np.asarray(jax.random.uniform(jax.random.key(0), (30, 4, 4, 1)))
 LABELS = (np.asarray(_logits_fn(PARAMS, IMAGES)).argmax(-1)).astype(np.int32)
-COMMON = dict(sigma=0.25, n0=20, n=200, alpha=0.01, num_classes=2, chunk_size=64, batch_size=4,
-              show_progress=False)
+COMMON = dict(
+    sigma=0.25,
+    n0=20,
+    n=200,
+    alpha=0.01,
+    num_classes=2,
+    chunk_size=64,
+    batch_size=4,
+    show_progress=False,
+)
 
 
 def _run(outdir, indices, **kw):
     return runs.certify_dataset(
-        jax.random.key(7), _logits_fn, PARAMS, IMAGES, LABELS, indices,
+        jax.random.key(7),
+        _logits_fn,
+        PARAMS,
+        IMAGES,
+        LABELS,
+        indices,
         outputs={"cohen": outdir / "cohen.tsv", "tcertify": outdir / "tcertify.tsv"},
         **{**COMMON, **kw},
     )
@@ -94,38 +107,92 @@ def test_bad_settings(tmp_path):
     with pytest.raises(ValueError, match="n0"):
         _run(tmp_path, range(3), n0=0)
     with pytest.raises(ValueError, match="unknown method"):
-        runs.certify_dataset(jax.random.key(0), _logits_fn, PARAMS, IMAGES, LABELS, [0],
-                             outputs={"bogus": tmp_path / "b.tsv"}, **COMMON)
+        runs.certify_dataset(
+            jax.random.key(0),
+            _logits_fn,
+            PARAMS,
+            IMAGES,
+            LABELS,
+            [0],
+            outputs={"bogus": tmp_path / "b.tsv"},
+            **COMMON,
+        )
     images = IMAGES.copy()
     images[2, 0, 0, 0] = np.nan
     with pytest.raises(ValueError, match="NaN"):
-        runs.certify_dataset(jax.random.key(0), _logits_fn, PARAMS, images, LABELS, [2],
-                             outputs={"cohen": tmp_path / "nan.tsv"}, **COMMON)
+        runs.certify_dataset(
+            jax.random.key(0),
+            _logits_fn,
+            PARAMS,
+            images,
+            LABELS,
+            [2],
+            outputs={"cohen": tmp_path / "nan.tsv"},
+            **COMMON,
+        )
 
 
 @pytest.fixture(scope="module")
 def trained_workdir(tmp_path_factory):
     """A LeNet trained for a few steps on mnist5k by the training script (smoke config)."""
     workdir = tmp_path_factory.mktemp("train")
-    subprocess.run([sys.executable, "experiments/train.py", "--config",
-                    "experiments/configs/mnist5k_lenet_gaussian.py", "--smoke",
-                    "--stop-after-step", "20", "--workdir", str(workdir)],
-                   cwd=REPO, check=True, capture_output=True, timeout=300)
+    subprocess.run(
+        [
+            sys.executable,
+            "experiments/train.py",
+            "--config",
+            "experiments/configs/mnist5k_lenet_gaussian.py",
+            "--smoke",
+            "--stop-after-step",
+            "20",
+            "--workdir",
+            str(workdir),
+        ],
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     return workdir
 
 
 def _certify_cmd(workdir, outdir, *extra):
-    return [sys.executable, "experiments/certify.py", "--workdir", str(workdir), "--outdir",
-            str(outdir), "--n0", "50", "--n", "2000", "--skip", "5", "--max", "200",
-            "--batch-size", "2", *extra]
+    return [
+        sys.executable,
+        "experiments/certify.py",
+        "--workdir",
+        str(workdir),
+        "--outdir",
+        str(outdir),
+        "--n0",
+        "50",
+        "--n",
+        "2000",
+        "--skip",
+        "5",
+        "--max",
+        "200",
+        "--batch-size",
+        "2",
+        *extra,
+    ]
 
 
 def test_script_killed_and_rerun_equals_uninterrupted(trained_workdir, tmp_path):
-    subprocess.run(_certify_cmd(trained_workdir, tmp_path / "full"), cwd=REPO, check=True,
-                   capture_output=True, timeout=300)
+    subprocess.run(
+        _certify_cmd(trained_workdir, tmp_path / "full"),
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     cut = tmp_path / "cut"
-    proc = subprocess.Popen(_certify_cmd(trained_workdir, cut), cwd=REPO,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        _certify_cmd(trained_workdir, cut),
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 240
     while time.time() < deadline:  # kill once some, but not all, rows are written
         if (cut / "cohen.tsv").exists() and len(_rows(cut / "cohen.tsv")) >= 4:
@@ -135,8 +202,9 @@ def test_script_killed_and_rerun_equals_uninterrupted(trained_workdir, tmp_path)
     proc.wait()
     written = len(_rows(cut / "cohen.tsv"))
     assert 4 <= written < 40, written
-    subprocess.run(_certify_cmd(trained_workdir, cut), cwd=REPO, check=True,
-                   capture_output=True, timeout=300)
+    subprocess.run(
+        _certify_cmd(trained_workdir, cut), cwd=REPO, check=True, capture_output=True, timeout=300
+    )
     for name in ("cohen.tsv", "tcertify.tsv"):
         rows = _rows(cut / name)
         assert rows == _rows(tmp_path / "full" / name)
@@ -147,6 +215,11 @@ def test_script_killed_and_rerun_equals_uninterrupted(trained_workdir, tmp_path)
 
 
 def test_script_missing_checkpoint(tmp_path):
-    out = subprocess.run(_certify_cmd(tmp_path / "nothing", tmp_path / "o"), cwd=REPO,
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        _certify_cmd(tmp_path / "nothing", tmp_path / "o"),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode != 0 and "no checkpoint directory" in out.stderr

@@ -1,8 +1,8 @@
 """Gaussian-augmentation training: loss, resume to bit-identical parameters, NaN stop, checkpoints."""
 
-import numpy as np
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from rsjax import checkpoint, losses, models, sharding, train
@@ -11,12 +11,24 @@ from rsjax import checkpoint, losses, models, sharding, train
 def _data(n=96, seed=0):
     rng = np.random.default_rng(seed)
     labels = rng.integers(0, 4, n)
-    images = np.clip(labels[:, None, None, None] / 4 + 0.1 * rng.standard_normal((n, 16, 16, 1)), 0, 1)
+    images = np.clip(
+        labels[:, None, None, None] / 4 + 0.1 * rng.standard_normal((n, 16, 16, 1)), 0, 1
+    )
     return images.astype(np.float32), labels
 
 
-FIT = dict(model_name="lenet", dataset="mnist", num_classes=4, sigma=0.25, epochs=3,
-           batch_size=16, learning_rate=0.05, checkpoint_every=4, log_every=3, show_progress=False)
+FIT = dict(
+    model_name="lenet",
+    dataset="mnist",
+    num_classes=4,
+    sigma=0.25,
+    epochs=3,
+    batch_size=16,
+    learning_rate=0.05,
+    checkpoint_every=4,
+    log_every=3,
+    show_progress=False,
+)
 
 
 def _fit(workdir, images, labels, **kw):
@@ -30,8 +42,9 @@ def test_gaussian_loss_matches_naive_loop():
     x = jax.random.uniform(jax.random.key(2), (5, 2, 2, 1))
     y = jnp.array([0, 1, 2, 1, 0])
     key = jax.random.key(3)
-    loss, _ = losses.gaussian_augmentation_loss(params, {}, {"image": x, "label": y}, key,
-                                                apply_fn=apply_fn, sigma=0.5, k=4)
+    loss, _ = losses.gaussian_augmentation_loss(
+        params, {}, {"image": x, "label": y}, key, apply_fn=apply_fn, sigma=0.5, k=4
+    )
     noisy = np.asarray(losses.noisy_copies(key, x, sigma=0.5, k=4))
     total = 0.0
     for i in range(5):
@@ -54,16 +67,19 @@ def test_resume_is_bit_identical(tmp_path):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     # And training moved the parameters (the comparison above is not trivially true).
     fresh = _fit(tmp_path / "short", images, labels, stop_after_step=1)
-    assert not np.array_equal(np.asarray(jax.tree.leaves(fresh.params)[0]),
-                              np.asarray(jax.tree.leaves(full.params)[0]))
+    assert not np.array_equal(
+        np.asarray(jax.tree.leaves(fresh.params)[0]), np.asarray(jax.tree.leaves(full.params)[0])
+    )
 
 
 def test_one_and_four_devices_agree(tmp_path):
     images, labels = _data()
-    one = _fit(tmp_path / "one", images, labels, mesh=sharding.batch_mesh(jax.devices()[:1]),
-               epochs=1)
-    four = _fit(tmp_path / "four", images, labels, mesh=sharding.batch_mesh(jax.devices()[:4]),
-                epochs=1)
+    one = _fit(
+        tmp_path / "one", images, labels, mesh=sharding.batch_mesh(jax.devices()[:1]), epochs=1
+    )
+    four = _fit(
+        tmp_path / "four", images, labels, mesh=sharding.batch_mesh(jax.devices()[:4]), epochs=1
+    )
     assert len(jax.devices()) == 4
     for a, b in zip(jax.tree.leaves(one.params), jax.tree.leaves(four.params), strict=True):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)

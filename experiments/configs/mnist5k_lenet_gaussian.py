@@ -24,6 +24,7 @@ def get_config(smoke: bool = False) -> dict:
         momentum=0.9,
         weight_decay=5e-4,
         schedule="cosine",
+        decay_every_epochs=0,
         seed=0,
         checkpoint_every=200,
         # certification
@@ -31,8 +32,8 @@ def get_config(smoke: bool = False) -> dict:
         n0=100,
         n=10_000,
         alpha=0.001,
-        chunk_size=1000,
-        certify_batch_size=16,
+        chunk_size=None,  # the platform default
+        certify_batch_size=8,
     )
     if smoke:
         config.update(epochs=1, certify_every=50, n=500, checkpoint_every=20)

@@ -1,0 +1,54 @@
+"""Smoke runs of the scripts that the other test files do not already run end to end."""
+
+import json
+import os
+import subprocess
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _run(*args, timeout=300):
+    out = subprocess.run(
+        [sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=timeout
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out
+
+
+def test_quickstart_smoke(tmp_path):
+    out = _run("experiments/quickstart.py", "--smoke", "--outdir", str(tmp_path))
+    assert "| CERTIFY |" in out.stdout and "| T-CERTIFY |" in out.stdout
+    for name in ("cohen.tsv", "tcertify.tsv", "report.md", "run.json", "certified_accuracy.png"):
+        assert (tmp_path / name).stat().st_size > 0, name
+    run = json.loads((tmp_path / "run.json").read_text())
+    assert run["results"]["CERTIFY"]["n"] == 10
+    assert run["versions"]["jax"] and run["device_kind"]
+    # Rerun: training and certification are complete and are not redone.
+    again = _run("experiments/quickstart.py", "--smoke", "--outdir", str(tmp_path))
+    assert again.stdout.split("time:")[0] == out.stdout.split("time:")[0]
+
+
+def test_vote_throughput_benchmark_quick(tmp_path):
+    out = _run(
+        "benchmarks/vote_throughput.py",
+        "--quick",
+        "--models",
+        "lenet",
+        "--out",
+        str(tmp_path / "r.jsonl"),
+    )
+    assert "| lenet |" in out.stdout
+    row = json.loads((tmp_path / "r.jsonl").read_text().splitlines()[0])
+    assert row["ratio"] > 0 and row["quick"] is True
+
+
+def test_train_script_rejects_missing_config(tmp_path):
+    out = subprocess.run(
+        [sys.executable, "experiments/train.py", "--config", "nope.py", "--workdir", str(tmp_path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode != 0 and "config file not found" in out.stderr
