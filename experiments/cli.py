@@ -48,8 +48,9 @@ def train_and_test(config: dict, args) -> tuple[data.Dataset, data.Dataset]:
     return data.load(config["dataset"], "train", **kw), data.load(config["dataset"], "test", **kw)
 
 
-def fit(key, workdir, config: dict, train_set: data.Dataset, **overrides):
-    """rsjax.train.fit with the config's settings as keyword arguments (the one place they meet)."""
+def fit(key, workdir, config: dict, train_set: data.Dataset, held_out: data.Dataset, **overrides):
+    """rsjax.train.fit with the config's settings as keyword arguments (the one place they meet);
+    the smoothed accuracy on `held_out` is logged after every epoch."""
     return train.fit(
         key,
         workdir,
@@ -69,5 +70,7 @@ def fit(key, workdir, config: dict, train_set: data.Dataset, **overrides):
         loss=config["loss"],
         k=config["k"],
         checkpoint_every=config["checkpoint_every"],
+        eval_images=held_out.images,
+        eval_labels=held_out.labels,
         **overrides,
     )

@@ -49,7 +49,7 @@ def main(argv=None):
     root = jax.random.key(config["seed"])
     train_key, certify_key = jax.random.split(root)
     t0 = time.perf_counter()
-    cli.fit(train_key, outdir / "train", config, train_set)
+    cli.fit(train_key, outdir / "train", config, train_set, test_set)
     timings["train_s"] = time.perf_counter() - t0
 
     model, variables, meta, step = train.load_for_eval(outdir / "train" / "checkpoints")

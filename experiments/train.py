@@ -27,7 +27,7 @@ def main(argv=None):
     cli.add_data_flags(parser)
     args = parser.parse_args(argv)
     config = cli.load_config(args.config, smoke=args.smoke)
-    train_set, _ = cli.train_and_test(config, args)
+    train_set, held_out = cli.train_and_test(config, args)
     records.check_writable(f"{args.workdir}/config.json")
     records.write_json(
         f"{args.workdir}/config.json",
@@ -43,6 +43,7 @@ def main(argv=None):
         args.workdir,
         config,
         train_set,
+        held_out,
         stop_after_step=args.stop_after_step,
     )
     print(

@@ -12,7 +12,7 @@ from typing import Any, Callable, Mapping, Sequence
 import jax
 import numpy as np
 
-from rsjax import bounds, progress, records, votes
+from rsjax import bounds, progress, records, sharding, votes
 from rsjax.certify import METHODS, certify_from_counts, check_images
 
 
@@ -59,17 +59,26 @@ def certify_dataset(
     bounds.warn_if_never_certifies(n, alpha)
     indices = [int(i) for i in indices]
     base = dict(settings or {}, sigma=sigma, n0=n0, n=n, alpha=alpha, indices=indices)
-    tsvs = {}
-    for method, path in outputs.items():
+    for method in outputs:
         if method not in METHODS:
             raise ValueError(f"unknown method {method!r}; choose from {METHODS}")
-        extra = {"alpha_split": alpha_split} if method == "tcertify" else {}
-        tsvs[method] = records.CertificationTSV(path, dict(base, method=method, **extra))
-    done = _consistent_prefix(tsvs, indices)
+    # Files are written by process 0 alone; the others follow its resume point.
+    tsvs = {}
+    if sharding.is_primary():
+        for method, path in outputs.items():
+            extra = {"alpha_split": alpha_split} if method == "tcertify" else {}
+            tsvs[method] = records.CertificationTSV(path, dict(base, method=method, **extra))
+    done = _consistent_prefix(tsvs, indices) if tsvs else 0
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        done = int(multihost_utils.broadcast_one_to_all(np.int32(done)))
     todo = indices[done:]
 
     bar = (
-        progress.Progress(len(indices), "certify", unit="img", done=done) if show_progress else None
+        progress.Progress(len(indices), "certify", unit="img", done=done)
+        if show_progress and tsvs
+        else None
     )
     t_start = time.perf_counter()
     samples = 0
@@ -88,11 +97,12 @@ def certify_dataset(
             method: certify_from_counts(
                 counts0, counts, sigma=sigma, alpha=alpha, method=method, alpha_split=alpha_split
             )
-            for method in tsvs
+            for method in outputs
         }
         per_example = (time.perf_counter() - t0) / len(rows)
-        for method, cert in certs.items():
-            tsvs[method].append(
+        for method, tsv in tsvs.items():
+            cert = certs[method]
+            tsv.append(
                 (int(i), int(labels[i]), int(p), float(r), int(p == labels[i]), per_example)
                 for i, p, r in zip(rows, cert.prediction, cert.radius, strict=True)
             )
@@ -111,7 +121,7 @@ def certify_dataset(
                 last_session_noise_samples_per_s=samples / wall if wall else None,
             )
         )
-    return {method: str(tsv.path) for method, tsv in tsvs.items()}
+    return {method: str(path) for method, path in outputs.items()}
 
 
 def _consistent_prefix(tsvs, indices) -> int:

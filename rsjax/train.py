@@ -9,6 +9,7 @@ Data parallelism: the global batch is split over a one-axis device Mesh (NamedSh
 axis) and the train state is replicated; jit inserts the gradient all-reduce.
 """
 
+import contextlib
 import json
 import math
 import pathlib
@@ -20,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from rsjax import checkpoint, losses, models, progress, sharding
+from rsjax import checkpoint, losses, models, progress, sharding, votes
 
 
 class TrainState(NamedTuple):
@@ -125,6 +126,10 @@ def fit(
     mesh=None,
     log_every: int = 50,
     show_progress: bool = True,
+    eval_images: np.ndarray | None = None,
+    eval_labels: np.ndarray | None = None,
+    eval_noise: int = 32,
+    eval_max: int = 500,
 ) -> TrainState:
     """Trains `model_name` on (images, labels) with noise-augmented `loss`; resumes from `workdir`.
 
@@ -139,6 +144,10 @@ def fit(
         tests and smoke runs; the result then equals the state of a full run at that step.
       mesh: device mesh for data parallelism (default: all devices). batch_size must be divisible by
         its size.
+      eval_images, eval_labels: held-out data; after every epoch the smoothed accuracy (majority vote
+        of `eval_noise` noisy copies, no abstention: a cheap estimate, not a certificate) of the first
+        `eval_max` examples is logged to metrics.jsonl. Its noise comes from its own key, so it does
+        not change training.
     Returns:
       The final TrainState (device arrays).
     """
@@ -162,6 +171,9 @@ def fit(
         decay_every=decay_every_epochs * steps_per_epoch,
     )
     init_key, data_key, train_key = jax.random.split(key, 3)
+    eval_key = jax.random.fold_in(
+        key, 0x5EED
+    )  # outside the split: adding eval changes nothing else
     state = init_state(model, init_key, images.shape[1:], optimizer)
     meta = {
         "model": model_name,
@@ -197,17 +209,17 @@ def fit(
 
     loss_fn = _make_loss(loss, model, sigma=sigma, k=k)
     train_step = make_train_step(loss_fn, optimizer)
-    state = sharding.replicate(mesh, state)
-    step = int(state.step)
+    state, train_key = sharding.replicate(mesh, (state, train_key))
+    step = int(sharding.gather(state.step))
     last = total_steps if stop_after_step is None else min(total_steps, stop_after_step)
     bar = (
         progress.Progress(last, f"train {model_name}", unit="step", done=step)
-        if show_progress
+        if show_progress and sharding.is_primary()
         else None
     )
     window = []
     t0, seen = time.perf_counter(), 0
-    with open(workdir / "metrics.jsonl", "a") as metrics_file:
+    with _primary_open(workdir / "metrics.jsonl") as metrics_file:
         while step < last:
             epoch, position = divmod(step, steps_per_epoch)
             order = epoch_order(data_key, epoch, num_examples)
@@ -237,9 +249,43 @@ def fit(
                     _save(ckpt_dir, state, meta, max_to_keep)
                 if bar:
                     bar.update(1)
+            if eval_images is not None and position == steps_per_epoch:
+                accuracy = smoothed_accuracy(
+                    eval_key,
+                    model,
+                    _variables(state),
+                    eval_images[:eval_max],
+                    eval_labels[:eval_max],
+                    sigma=sigma,
+                    num_classes=num_classes,
+                    num_noise=eval_noise,
+                    mesh=mesh,
+                )
+                record = {
+                    "step": step,
+                    "epoch": epoch + 1,
+                    "smoothed_accuracy": accuracy,
+                    "eval_examples": min(eval_max, len(eval_labels)),
+                    "eval_noise": eval_noise,
+                }
+                if metrics_file is not None:
+                    metrics_file.write(json.dumps(record) + "\n")
+                    metrics_file.flush()
+                if bar:
+                    bar.update(0, extra=f"epoch {epoch + 1} smoothed accuracy {accuracy:.3f}")
     if checkpoint.latest_step(ckpt_dir) != step:
         _save(ckpt_dir, state, meta, max_to_keep)
     return state
+
+
+@contextlib.contextmanager
+def _primary_open(path):
+    """The metrics file on process 0; None on the others (one writer per file)."""
+    if not sharding.is_primary():
+        yield None
+        return
+    with open(path, "a") as f:
+        yield f
 
 
 def _make_loss(name, model, *, sigma, k):
@@ -255,7 +301,7 @@ def _make_loss(name, model, *, sigma, k):
 
 
 def _log(metrics_file, window, step, epoch, images_per_s):
-    window = jax.device_get(window)
+    window = sharding.gather(window)
     record = {k: float(np.mean([m[k] for m in window])) for k in window[0]}
     if not all(math.isfinite(v) for v in record.values()):
         raise NonFiniteLossError(
@@ -263,9 +309,65 @@ def _log(metrics_file, window, step, epoch, images_per_s):
             "last good checkpoint is kept. Lower the learning rate or check the data."
         )
     record.update(step=step, epoch=epoch, images_per_s=images_per_s)
-    metrics_file.write(json.dumps(record) + "\n")
-    metrics_file.flush()
+    if metrics_file is not None:
+        metrics_file.write(json.dumps(record) + "\n")
+        metrics_file.flush()
     return record
+
+
+def smoothed_accuracy(
+    key,
+    model,
+    variables,
+    images,
+    labels,
+    *,
+    sigma,
+    num_classes,
+    num_noise,
+    mesh=None,
+    batch_size: int = 64,
+) -> float:
+    """Fraction of examples whose majority vote over `num_noise` noisy copies is the label.
+
+    A cheap training-time estimate of the smoothed classifier's clean accuracy (no abstention, no
+    confidence bound): certify with rsjax.certify for guarantees.
+    """
+    logits_fn = _eval_logits_fn(model)
+    correct = 0
+    for start in range(0, len(labels), batch_size):
+        stop = min(start + batch_size, len(labels))
+        counts = votes.count_votes(
+            key,
+            logits_fn,
+            variables,
+            images[start:stop],
+            np.arange(start, stop),
+            sigma=sigma,
+            num_classes=num_classes,
+            num_samples=num_noise,
+            stream=votes.ESTIMATION,
+            mesh=mesh,
+        )
+        correct += int((counts.argmax(axis=1) == labels[start:stop]).sum())
+    return correct / len(labels)
+
+
+_EVAL_FNS: dict = {}
+
+
+def _eval_logits_fn(model):
+    """One logits_fn object per model, so that vote counting compiles once per shape."""
+    if model not in _EVAL_FNS:
+        _EVAL_FNS[model] = models.make_logits_fn(model)
+    return _EVAL_FNS[model]
+
+
+def _variables(state: TrainState) -> dict:
+    variables = {"params": state.params}
+    if state.model_state:
+        variables["batch_stats"] = state.model_state
+    return variables
 
 
 def _model_item(state: TrainState):
@@ -277,7 +379,7 @@ def _train_item(state: TrainState):
 
 
 def _save(ckpt_dir, state, meta, max_to_keep):
-    state = jax.device_get(state)
+    state = sharding.gather(state)
     checkpoint.save(
         ckpt_dir,
         int(state.step),

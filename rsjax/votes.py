@@ -172,4 +172,4 @@ def count_votes(
             chunk_size=chunk_size,
             stream=stream,
         )
-    return np.asarray(jax.device_get(counts))[:size]
+    return np.asarray(sharding.gather(counts))[:size]

@@ -1,5 +1,7 @@
 """Gaussian-augmentation training: loss, resume to bit-identical parameters, NaN stop, checkpoints."""
 
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -73,16 +75,50 @@ def test_resume_is_bit_identical(tmp_path):
 
 
 def test_one_and_four_devices_agree(tmp_path):
+    """Same global batch sharded over 4 host devices or on 1: the loss after 20 steps agrees."""
     images, labels = _data()
-    one = _fit(
-        tmp_path / "one", images, labels, mesh=sharding.batch_mesh(jax.devices()[:1]), epochs=1
-    )
-    four = _fit(
-        tmp_path / "four", images, labels, mesh=sharding.batch_mesh(jax.devices()[:4]), epochs=1
-    )
+    runs = {}
+    for name, devices in (("one", jax.devices()[:1]), ("four", jax.devices()[:4])):
+        state = _fit(
+            tmp_path / name,
+            images,
+            labels,
+            mesh=sharding.batch_mesh(devices),
+            epochs=4,
+            stop_after_step=20,
+            log_every=1,
+        )
+        metrics = [json.loads(line) for line in open(tmp_path / name / "metrics.jsonl")]
+        runs[name] = (state, {m["step"]: m["loss"] for m in metrics if "loss" in m})
     assert len(jax.devices()) == 4
+    (one, loss_one), (four, loss_four) = runs["one"], runs["four"]
+    assert sorted(loss_one) == sorted(loss_four) == list(range(1, 21))
+    np.testing.assert_allclose(loss_four[20], loss_one[20], rtol=1e-4)
+    np.testing.assert_allclose(
+        [loss_four[s] for s in range(1, 21)], [loss_one[s] for s in range(1, 21)], rtol=1e-4
+    )
     for a, b in zip(jax.tree.leaves(one.params), jax.tree.leaves(four.params), strict=True):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
+
+
+def test_smoothed_accuracy_is_logged_every_epoch_and_changes_nothing(tmp_path):
+    images, labels = _data()
+    plain = _fit(tmp_path / "plain", images, labels)
+    evaluated = _fit(
+        tmp_path / "eval",
+        images,
+        labels,
+        eval_images=images[:40],
+        eval_labels=labels[:40],
+        eval_noise=16,
+    )
+    records = [json.loads(line) for line in open(tmp_path / "eval" / "metrics.jsonl")]
+    evals = [r for r in records if "smoothed_accuracy" in r]
+    assert [r["epoch"] for r in evals] == [1, 2, 3]
+    assert all(0.0 <= r["smoothed_accuracy"] <= 1.0 for r in evals)
+    assert evals[-1]["smoothed_accuracy"] > 0.5  # 4 well-separated classes: it learns them
+    for a, b in zip(jax.tree.leaves(plain), jax.tree.leaves(evaluated), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
