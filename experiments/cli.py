@@ -69,6 +69,7 @@ def fit(key, workdir, config: dict, train_set: data.Dataset, held_out: data.Data
         decay_every_epochs=config["decay_every_epochs"],
         loss=config["loss"],
         k=config["k"],
+        loss_options=config["loss_options"],
         checkpoint_every=config["checkpoint_every"],
         eval_images=held_out.images,
         eval_labels=held_out.labels,

@@ -10,6 +10,7 @@ axis) and the train state is replicated; jit inserts the gradient all-reduce.
 """
 
 import contextlib
+import inspect
 import json
 import math
 import pathlib
@@ -77,13 +78,18 @@ def init_state(model, key: jax.Array, input_shape, optimizer) -> TrainState:
 def make_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation):
     """Jitted step(state, batch, train_key) -> (state, metrics); noise key = fold_in(train_key, step).
 
-    loss_fn(params, model_state, batch, key) -> (loss, (model_state, metrics)).
+    loss_fn(params, model_state, batch, key) -> (loss, (model_state, metrics)); a loss_fn with a
+    `step` keyword (the adversarial losses' eps warm-up) also gets the current step.
     """
+    wants_step = "step" in inspect.signature(loss_fn).parameters
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
     def step(state: TrainState, batch, train_key):
         key = jax.random.fold_in(train_key, state.step)
-        grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-        (loss, (model_state, metrics)), grads = grad_fn(state.params, state.model_state, batch, key)
+        extra = {"step": state.step} if wants_step else {}
+        (loss, (model_state, metrics)), grads = grad_fn(
+            state.params, state.model_state, batch, key, **extra
+        )
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads))
@@ -120,6 +126,7 @@ def fit(
     decay_every_epochs: int = 0,
     loss: str = "gaussian",
     k: int = 1,
+    loss_options: dict | None = None,
     checkpoint_every: int = 0,
     max_to_keep: int = 3,
     stop_after_step: int | None = None,
@@ -139,6 +146,8 @@ def fit(
         workdir/metrics.jsonl. If it already holds a checkpoint, training resumes from the newest.
       images, labels: (N, H, W, C) float32 in [0,1] and (N,) int.
       epochs, batch_size: full passes and global batch size (the last partial batch is dropped).
+      loss, k, loss_options: a loss of rsjax.losses.LOSSES, its number k of noisy copies per
+        example, and its other keyword options (e.g. {"lam": 0.5} for ADRE); checked up front.
       checkpoint_every: steps between checkpoints (0: only at the end).
       stop_after_step: stop (with a checkpoint) after this many steps in total, for interruption
         tests and smoke runs; the result then equals the state of a full run at that step.
@@ -183,6 +192,7 @@ def fit(
         "sigma": sigma,
         "loss": loss,
         "k": k,
+        "loss_options": dict(loss_options or {}),
         "epochs": epochs,
         "batch_size": batch_size,
         "total_steps": total_steps,
@@ -207,7 +217,7 @@ def fit(
         )
     workdir.mkdir(parents=True, exist_ok=True)
 
-    loss_fn = _make_loss(loss, model, sigma=sigma, k=k)
+    loss_fn = _make_loss(loss, model, sigma=sigma, k=k, **(loss_options or {}))
     train_step = make_train_step(loss_fn, optimizer)
     state, train_key = sharding.replicate(mesh, (state, train_key))
     step = int(sharding.gather(state.step))
@@ -288,14 +298,48 @@ def _primary_open(path):
         yield f
 
 
-def _make_loss(name, model, *, sigma, k):
+def _make_loss(name, model, *, sigma, k, **options):
     if name not in losses.LOSSES:
         raise ValueError(f"unknown loss {name!r}; available: {sorted(losses.LOSSES)}")
     apply_fn = losses.make_train_apply(model)
     fn = losses.LOSSES[name]
+    accepted = set(inspect.signature(fn).parameters)
+    unknown = set(options) - (accepted - {"apply_fn", "sigma", "k", "step"})
+    missing = (
+        {
+            p.name
+            for p in inspect.signature(fn).parameters.values()
+            if p.kind is p.KEYWORD_ONLY and p.default is p.empty
+        }
+        - {"apply_fn", "sigma", "k"}
+        - set(options)
+    )
+    if unknown or missing:
+        raise ValueError(
+            f"loss {name!r}: unknown options {sorted(unknown)}, missing options "
+            f"{sorted(missing)} (its keyword options: {sorted(accepted)})"
+        )
 
-    def loss_fn(params, model_state, batch, key):
-        return fn(params, model_state, batch, key, apply_fn=apply_fn, sigma=sigma, k=k)
+    if "step" in accepted:
+
+        def loss_fn(params, model_state, batch, key, step):
+            return fn(
+                params,
+                model_state,
+                batch,
+                key,
+                apply_fn=apply_fn,
+                sigma=sigma,
+                k=k,
+                step=step,
+                **options,
+            )
+    else:
+
+        def loss_fn(params, model_state, batch, key):
+            return fn(
+                params, model_state, batch, key, apply_fn=apply_fn, sigma=sigma, k=k, **options
+            )
 
     return loss_fn
 

@@ -155,3 +155,30 @@ def test_schedules():
         train.make_optimizer(learning_rate=0.1, total_steps=10, schedule="step")
     with pytest.raises(ValueError, match="unknown schedule"):
         train.make_optimizer(learning_rate=0.1, total_steps=10, schedule="linear")
+
+
+@pytest.mark.parametrize(
+    "loss,options", [("adre", {"lam": 0.5}), ("macer", {"lam": 12.0, "gamma": 8.0, "beta": 16.0})]
+)
+def test_regularised_losses_train(tmp_path, loss, options):
+    images, labels = _data()
+    state = _fit(
+        tmp_path / loss, images, labels, loss=loss, k=4, loss_options=options, epochs=1, log_every=1
+    )
+    assert int(state.step) == 6
+    meta = checkpoint.restore_meta(tmp_path / loss / "checkpoints")[1]
+    assert meta["loss"] == loss and meta["loss_options"] == options and meta["k"] == 4
+    if "eps" in options:  # linear warm-up over 4 steps, logged per step
+        logged = [json.loads(line) for line in open(tmp_path / loss / "metrics.jsonl")]
+        eps = {r["step"]: r["eps"] for r in logged if "eps" in r}
+        np.testing.assert_allclose(
+            [eps[s] for s in (1, 2, 3, 4, 5)], [0.0, 0.125, 0.25, 0.375, 0.5], rtol=1e-6
+        )
+
+
+def test_loss_options_are_checked_up_front(tmp_path):
+    images, labels = _data()
+    with pytest.raises(ValueError, match=r"missing options \['lam'\]"):
+        _fit(tmp_path / "a", images, labels, loss="adre", k=2)
+    with pytest.raises(ValueError, match=r"unknown options \['lamda'\]"):
+        _fit(tmp_path / "b", images, labels, loss="adre", k=2, loss_options={"lamda": 1.0})

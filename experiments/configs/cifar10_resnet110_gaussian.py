@@ -17,6 +17,7 @@ def get_config(smoke: bool = False) -> dict:
         loss="gaussian",
         sigma=0.25,
         k=1,
+        loss_options={},
         epochs=90,
         batch_size=256,
         learning_rate=0.1,

@@ -16,6 +16,7 @@ def get_config(smoke: bool = False) -> dict:
         loss="gaussian",
         sigma=0.5,
         k=1,
+        loss_options={},
         epochs=30,
         batch_size=128,
         learning_rate=0.05,

@@ -18,6 +18,7 @@ def get_config(smoke: bool = False) -> dict:
         loss="gaussian",
         sigma=0.25,
         k=1,
+        loss_options={},
         epochs=12,
         batch_size=64,
         learning_rate=0.05,

@@ -19,6 +19,7 @@ def get_config(smoke: bool = False) -> dict:
         loss="gaussian",
         sigma=0.25,
         k=1,
+        loss_options={},
         epochs=20,
         batch_size=128,
         learning_rate=0.05,
