@@ -6,19 +6,42 @@ Kept in experiments/ (rsjax never imports flag parsing); everything substantive 
 import argparse
 import importlib.util
 import pathlib
+import sys
 
 from rsjax import data, train
 
 
-def load_config(path: str, *, smoke: bool) -> dict:
-    """Runs get_config(smoke) of a config file (experiments/configs/*.py)."""
+def load_config(spec: str, *, smoke: bool) -> dict:
+    """Runs get_config(smoke, **args) of a config file: "path.py" or "path.py:name=value,..."
+    (values parsed as numbers where they are numbers), as ml_collections config strings do."""
+    path, _, arg_text = str(spec).partition(":")
     path = pathlib.Path(path)
     if not path.is_file():
         raise SystemExit(f"config file not found: {path}")
-    spec = importlib.util.spec_from_file_location(f"rsjax_config_{path.stem}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(smoke=smoke)
+    args = {}
+    for item in filter(None, arg_text.split(",")):
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"config argument {item!r} is not name=value")
+        args[name.strip()] = _number_or_text(value.strip())
+    if str(path.parent) not in sys.path:  # configs may share experiments/configs/methods.py
+        sys.path.insert(0, str(path.parent))
+    module_spec = importlib.util.spec_from_file_location(f"rsjax_config_{path.stem}", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    try:
+        return module.get_config(smoke=smoke, **args)
+    except (TypeError, ValueError) as e:
+        raise SystemExit(f"config {spec}: {e}") from e
+
+
+def _number_or_text(value: str):
+    for kind in (int, float):
+        try:
+            return kind(value)
+        except ValueError:
+            pass
+    return value
 
 
 def add_data_flags(parser: argparse.ArgumentParser) -> None:
@@ -69,9 +92,18 @@ def fit(key, workdir, config: dict, train_set: data.Dataset, held_out: data.Data
         decay_every_epochs=config["decay_every_epochs"],
         loss=config["loss"],
         k=config["k"],
-        loss_options=config["loss_options"],
+        loss_options=_with_warmup(config, len(train_set.labels)),
         checkpoint_every=config["checkpoint_every"],
         eval_images=held_out.images,
         eval_labels=held_out.labels,
         **overrides,
     )
+
+
+def _with_warmup(config: dict, num_train: int) -> dict:
+    """Loss options, with the attack's eps warm-up converted from epochs to steps."""
+    options = dict(config["loss_options"])
+    if "warmup_steps" in options:
+        steps_per_epoch = num_train // config["batch_size"]
+        options["warmup_steps"] = config.get("warmup_epochs", 0) * steps_per_epoch
+    return options

@@ -1,0 +1,38 @@
+"""Smoke run of benchmarks/train_throughput.py (--quick: LeNet, k in {1, 2}, 2 steps); no speed asserted."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_train_throughput_benchmark_quick(tmp_path):
+    out_file = tmp_path / "r.jsonl"
+    out = subprocess.run(
+        [sys.executable, "benchmarks/train_throughput.py", "--quick", "--out", str(out_file)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    table = [line for line in out.stdout.splitlines() if line.startswith("| lenet |")]
+    assert len(table) == 4, out.stdout  # gaussian and adre at k = 1, 2
+    rows = [json.loads(line) for line in out_file.read_text().splitlines()]
+    assert [(r["loss"], r["k"]) for r in rows] == [
+        ("gaussian", 1),
+        ("gaussian", 2),
+        ("adre", 1),
+        ("adre", 2),
+    ]
+    for r in rows:
+        assert r["quick"] is True and r["model"] == "lenet" and r["batch"] == 8
+        assert r["step_s"] > 0 and r["versions"]["jax"] and r["device_kind"]
+        assert r["noisy_inputs_per_s"] == pytest.approx(r["images_per_s"] * r["k"])
+        assert r["scaling"] > 0
+    assert {r["lam"] for r in rows if r["loss"] == "adre"} == {0.5}
+    assert all(r["scaling"] == 1.0 for r in rows if r["k"] == 1)
