@@ -20,9 +20,7 @@ SPECS = ["mnist5k_lenet_gaussian"] + [
 
 
 def _param(spec):
-    # ResNet-110 compiles for about a minute per loss on 2 CPU cores: Gaussian stays in CI.
-    slow = spec.startswith("cifar10_resnet110") and "gaussian" not in spec
-    return pytest.param(spec, id=spec.replace(":", "-"), marks=[pytest.mark.slow] if slow else [])
+    return pytest.param(spec, id=spec.replace(":", "-"))
 
 
 def _write_idx(path, array):
