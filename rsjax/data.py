@@ -16,6 +16,7 @@ References: LeCun et al. (1998), MNIST; Xiao et al. (2017), Fashion-MNIST, arXiv
 Krizhevsky (2009), Learning multiple layers of features from tiny images (CIFAR-10).
 """
 
+import abc
 import contextlib
 import dataclasses
 import gzip
@@ -311,19 +312,19 @@ class _Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         return None
 
     @classmethod
+    @abc.abstractmethod
     def locate(cls, source: pathlib.Path) -> dict[str, list[pathlib.Path]]:
         """split -> files for each split whose files are all present in `source`."""
-        raise NotImplementedError
 
     @classmethod
+    @abc.abstractmethod
     def expected(cls, split: str) -> list[str]:
         """File names that `split` needs (for error messages)."""
-        raise NotImplementedError
 
     @classmethod
+    @abc.abstractmethod
     def read(cls, split: str, paths: list[pathlib.Path]) -> tuple[np.ndarray, np.ndarray]:
         """uint8 images (N, *SHAPE) and integer labels (N,), validated."""
-        raise NotImplementedError
 
 
 class _IdxBuilder(_Builder, skip_registration=True):
