@@ -34,13 +34,17 @@ class Progress:
         self.stream = sys.stderr if stream is None else stream
         self.start = self.last_print = time.perf_counter()
         self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+        self.extra = ""
 
-    def update(self, k: int = 1, *, extra: str = "") -> None:
+    def update(self, k: int = 1, *, extra: str | None = None) -> None:
+        """Advances by k; `extra` (kept until replaced) is shown after the rate."""
         self.done += k
+        if extra is not None:
+            self.extra = extra
         now = time.perf_counter()
         if self.done >= self.total or now - self.last_print >= (0.2 if self.tty else self.every_s):
             self.last_print = now
-            self._print(now, extra)
+            self._print(now, self.extra)
 
     def _print(self, now: float, extra: str) -> None:
         elapsed = now - self.start
