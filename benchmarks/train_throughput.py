@@ -14,8 +14,6 @@ markdown table and appended as JSON lines to --out.
 """
 
 import argparse
-import json
-import pathlib
 import statistics
 import time
 
@@ -140,24 +138,13 @@ def main(argv=None):
             lam=args.lam,
         )
         for row in rows:
-            row.update(
-                quick=args.quick,
-                device_kind=env["device_kind"],
-                device_count=env["device_count"],
-                versions=env["versions"],
-                git_commit=env["git_commit"],
-                time=time.strftime("%Y-%m-%dT%H:%M:%S"),
-            )
+            row = records.append_result(args.out, dict(row, quick=args.quick), env)
             scaling = "-" if row["scaling"] is None else f"{row['scaling']:.2f}"
             print(
                 f"| {name} | {row['loss']} | {batch} | {row['k']} | {1e3 * row['step_s']:,.1f}"
                 f" | {row['images_per_s']:,.0f} | {row['noisy_inputs_per_s']:,.0f} | {scaling} |",
                 flush=True,
             )
-        if args.out:
-            pathlib.Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-            with open(args.out, "a") as f:
-                f.writelines(json.dumps(row) + "\n" for row in rows)
     print(f"time: {time.perf_counter() - start:.0f} s")
 
 

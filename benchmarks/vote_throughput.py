@@ -10,7 +10,6 @@ batch * n inputs; they alternate for --repeats rounds and the median throughputs
 """
 
 import argparse
-import json
 import statistics
 import time
 
@@ -107,25 +106,12 @@ def main(argv=None):
     print("|---|---|---|---|---|---|")
     for name in args.models:
         row = measure(name, batch=args.batch, n=args.n, chunk=args.chunk, repeats=args.repeats)
-        row.update(
-            quick=args.quick,
-            device_kind=env["device_kind"],
-            device_count=env["device_count"],
-            versions=env["versions"],
-            git_commit=env["git_commit"],
-            time=time.strftime("%Y-%m-%dT%H:%M:%S"),
-        )
+        row = records.append_result(args.out, dict(row, quick=args.quick), env)
         print(
             f"| {name} | {args.batch} x {args.n} | {args.chunk} | {row['raw_inputs_per_s']:,.0f}"
             f" | {row['votes_samples_per_s']:,.0f} | {row['ratio']:.3f} |",
             flush=True,
         )
-        if args.out:
-            import pathlib
-
-            pathlib.Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-            with open(args.out, "a") as f:
-                f.write(json.dumps(row) + "\n")
 
 
 if __name__ == "__main__":

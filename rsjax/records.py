@@ -13,6 +13,7 @@ import os
 import pathlib
 import platform
 import subprocess
+import time
 from importlib import metadata
 from typing import Iterable
 
@@ -96,6 +97,25 @@ def write_json(path, obj) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
     os.replace(tmp, path)
+
+
+def append_result(path, row: dict, env: dict) -> dict:
+    """Stamps a measurement with the device, versions, commit and time, and appends it as one JSON
+    line to `path` (no file when path is empty). Returns the stamped row."""
+    row = dict(
+        row,
+        device_kind=env["device_kind"],
+        device_count=env["device_count"],
+        versions=env["versions"],
+        git_commit=env["git_commit"],
+        time=time.strftime("%Y-%m-%dT%H:%M:%S"),
+    )
+    if path:
+        path = pathlib.Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+    return row
 
 
 def format_row(idx: int, label: int, predict: int, radius: float, correct: int, seconds: float):
