@@ -217,7 +217,7 @@ def fit(
         )
     workdir.mkdir(parents=True, exist_ok=True)
 
-    loss_fn = _make_loss(loss, model, sigma=sigma, k=k, **(loss_options or {}))
+    loss_fn = make_loss(loss, model, sigma=sigma, k=k, **(loss_options or {}))
     train_step = make_train_step(loss_fn, optimizer)
     state, train_key = sharding.replicate(mesh, (state, train_key))
     step = int(sharding.gather(state.step))
@@ -298,7 +298,10 @@ def _primary_open(path):
         yield f
 
 
-def _make_loss(name, model, *, sigma, k, **options):
+def make_loss(name: str, model, *, sigma: float, k: int, **options) -> Callable:
+    """loss_fn(params, model_state, batch, key[, step]) for `make_train_step`, from the loss `name`
+    of rsjax.losses.LOSSES with its k and keyword options; unknown or missing options raise
+    ValueError here, before anything is compiled."""
     if name not in losses.LOSSES:
         raise ValueError(f"unknown loss {name!r}; available: {sorted(losses.LOSSES)}")
     apply_fn = losses.make_train_apply(model)

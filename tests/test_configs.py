@@ -125,7 +125,7 @@ def test_every_method_and_sigma_builds_a_valid_loss(name):
                 config = _config(f"{name}:method={method},sigma={sigma}", smoke)
                 assert config["loss"] == method and config["sigma"] == sigma
                 options = dict(config["loss_options"])
-                train._make_loss(config["loss"], model, sigma=sigma, k=config["k"], **options)
+                train.make_loss(config["loss"], model, sigma=sigma, k=config["k"], **options)
                 if "eps" in options:
                     assert options["eps"] == sigma and config["warmup_epochs"] >= 0
 
