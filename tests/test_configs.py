@@ -138,3 +138,13 @@ def test_config_arguments_are_checked():
     with pytest.raises(SystemExit, match="has no lam"):
         _config("fashion_mnist_lenet:method=smoothadv,sigma=0.5,lam=1", False)
     assert _config("fashion_mnist_lenet:method=adre,sigma=0.5,lam=0.1,k=4", False)["k"] == 4
+
+
+def test_schedule_overrides():
+    config = _config(
+        "fashion_mnist_lenet:method=adre_adv,sigma=0.5,epochs=2,warmup_epochs=1,"
+        "batch_size=64,learning_rate=0.01",
+        False,
+    )
+    assert (config["epochs"], config["warmup_epochs"]) == (2, 1)
+    assert (config["batch_size"], config["learning_rate"]) == (64, 0.01)

@@ -1,7 +1,8 @@
 """LeNet on full MNIST (60,000 training images), noise-augmented training by method and sigma.
 
 method in {gaussian, adre, adre_adv, smoothadv, macer}, sigma in {0.25, 0.5, 1.0}; optional lam=, k=, eps=
-override the method's defaults (experiments/configs/methods.py), e.g. the ADRE lambda sweep.
+override the method's defaults (experiments/configs/methods.py), e.g. the ADRE lambda sweep, and epochs=,
+batch_size=, learning_rate=, warmup_epochs= (the attack's eps warm-up) the schedule.
 
 Command:  python experiments/train.py --config experiments/configs/mnist_lenet.py:method=adre,sigma=0.5 \
               --workdir runs/mnist_lenet_adre_0.5 --download
@@ -18,16 +19,33 @@ import methods
 
 
 def get_config(
-    smoke: bool = False, method: str = "gaussian", sigma: float = 0.5, lam=None, k=None, eps=None
+    smoke: bool = False,
+    method: str = "gaussian",
+    sigma: float = 0.5,
+    lam=None,
+    k=None,
+    eps=None,
+    epochs: int = 20,
+    batch_size: int = 128,
+    learning_rate: float = 0.05,
+    warmup_epochs: int = 10,
 ) -> dict:
     config = dict(
         dataset="mnist",
         model="lenet",
         sigma=float(sigma),
-        **methods.training(method, float(sigma), mnist_like=True, lam=lam, k=k, eps=eps),
-        epochs=20,
-        batch_size=128,
-        learning_rate=0.05,
+        **methods.training(
+            method,
+            float(sigma),
+            mnist_like=True,
+            lam=lam,
+            k=k,
+            eps=eps,
+            warmup_epochs=warmup_epochs,
+        ),
+        epochs=int(epochs),
+        batch_size=int(batch_size),
+        learning_rate=float(learning_rate),
         momentum=0.9,
         weight_decay=0.0005,
         schedule="cosine",
