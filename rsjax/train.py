@@ -43,8 +43,12 @@ def make_optimizer(
     schedule: str = "cosine",
     decay_every: int = 0,
     decay_factor: float = 0.1,
+    optimizer: str = "sgd",
 ) -> optax.GradientTransformation:
-    """SGD with (heavy-ball) momentum, optional weight decay and a learning-rate schedule.
+    """SGD with (heavy-ball) momentum (or Adam), optional weight decay and a learning-rate schedule.
+
+    optimizer: "sgd" (momentum as given) or "adam" (momentum is Adam's b1; the energy and score
+    networks of rsjax.score train with Adam, as in Saremi & Srivastava 2020).
 
     schedule: "cosine" (to 0 over total_steps), "step" (x decay_factor every decay_every steps, as in
     Cohen et al.: 0.1 every 30 epochs) or "constant".
@@ -60,7 +64,11 @@ def make_optimizer(
     else:
         raise ValueError(f"unknown schedule {schedule!r}; use 'cosine', 'step' or 'constant'")
     parts = [optax.add_decayed_weights(weight_decay)] if weight_decay else []
-    return optax.chain(*parts, optax.sgd(lr, momentum=momentum))
+    if optimizer == "sgd":
+        return optax.chain(*parts, optax.sgd(lr, momentum=momentum))
+    if optimizer == "adam":
+        return optax.chain(*parts, optax.adam(lr, b1=momentum))
+    raise ValueError(f"unknown optimizer {optimizer!r}; use 'sgd' or 'adam'")
 
 
 def init_state(model, key: jax.Array, input_shape, optimizer) -> TrainState:
@@ -160,15 +168,8 @@ def fit(
     Returns:
       The final TrainState (device arrays).
     """
-    workdir = pathlib.Path(workdir)
-    ckpt_dir = workdir / "checkpoints"
     mesh = sharding.batch_mesh() if mesh is None else mesh
-    if batch_size % mesh.size:
-        raise ValueError(f"batch_size {batch_size} must be divisible by the {mesh.size} devices")
-    num_examples = images.shape[0]
-    steps_per_epoch = num_examples // batch_size
-    if steps_per_epoch < 1:
-        raise ValueError(f"batch_size {batch_size} exceeds the {num_examples} training examples")
+    steps_per_epoch = _steps_per_epoch(images.shape[0], batch_size, mesh)
     total_steps = epochs * steps_per_epoch
     model = models.make_model(model_name, num_classes=num_classes, dataset=dataset)
     optimizer = make_optimizer(
@@ -197,6 +198,101 @@ def fit(
         "batch_size": batch_size,
         "total_steps": total_steps,
     }
+    loss_fn = make_loss(loss, model, sigma=sigma, k=k, **(loss_options or {}))
+
+    def evaluate(state):
+        if eval_images is None:
+            return None
+        accuracy = smoothed_accuracy(
+            eval_key,
+            model,
+            _variables(state),
+            eval_images[:eval_max],
+            eval_labels[:eval_max],
+            sigma=sigma,
+            num_classes=num_classes,
+            num_noise=eval_noise,
+            mesh=mesh,
+        )
+        return {
+            "smoothed_accuracy": accuracy,
+            "eval_examples": min(eval_max, len(eval_labels)),
+            "eval_noise": eval_noise,
+        }
+
+    return train_loop(
+        workdir,
+        state=state,
+        train_step=make_train_step(loss_fn, optimizer),
+        meta=meta,
+        images=images,
+        labels=labels,
+        data_key=data_key,
+        train_key=train_key,
+        epochs=epochs,
+        batch_size=batch_size,
+        checkpoint_every=checkpoint_every,
+        max_to_keep=max_to_keep,
+        stop_after_step=stop_after_step,
+        mesh=mesh,
+        log_every=log_every,
+        show_progress=show_progress,
+        name=f"train {model_name}",
+        eval_fn=evaluate,
+    )
+
+
+def _steps_per_epoch(num_examples: int, batch_size: int, mesh) -> int:
+    if batch_size % mesh.size:
+        raise ValueError(f"batch_size {batch_size} must be divisible by the {mesh.size} devices")
+    if num_examples // batch_size < 1:
+        raise ValueError(f"batch_size {batch_size} exceeds the {num_examples} training examples")
+    return num_examples // batch_size
+
+
+def train_loop(
+    workdir,
+    *,
+    state: TrainState,
+    train_step: Callable,
+    meta: dict,
+    images: np.ndarray,
+    labels: np.ndarray | None,
+    data_key: jax.Array,
+    train_key: jax.Array,
+    epochs: int,
+    batch_size: int,
+    checkpoint_every: int = 0,
+    max_to_keep: int = 3,
+    stop_after_step: int | None = None,
+    mesh=None,
+    log_every: int = 50,
+    show_progress: bool = True,
+    name: str = "train",
+    eval_fn: Callable[[TrainState], dict | None] | None = None,
+) -> TrainState:
+    """The resumable training loop shared by every kind of model rsjax trains (classifiers,
+    denoisers, classifiers on a denoiser): batches, checkpoints, metrics, progress, resume.
+
+    Args:
+      workdir: checkpoints go to workdir/checkpoints, metrics to workdir/metrics.jsonl. A newest
+        checkpoint there is resumed from, after checking that its meta equals `meta`.
+      state: the freshly initialised TrainState (its structure is what is restored).
+      train_step: jitted step(state, batch, train_key) -> (state, metrics) (`make_train_step`).
+      meta: JSON-able description of the run, saved with every checkpoint.
+      images, labels: the training set; batch = {"image", "label"} ({"image"} when labels is None).
+      data_key: epoch e's order is a permutation drawn from fold_in(data_key, e).
+      eval_fn: called after every full epoch with the state; the dict it returns (None: nothing)
+        is logged to metrics.jsonl with the step and epoch and shown on the progress line.
+    Returns:
+      The final TrainState. Non-finite metrics raise NonFiniteLossError without saving.
+    """
+    workdir = pathlib.Path(workdir)
+    ckpt_dir = workdir / "checkpoints"
+    mesh = sharding.batch_mesh() if mesh is None else mesh
+    num_examples = images.shape[0]
+    steps_per_epoch = _steps_per_epoch(num_examples, batch_size, mesh)
+    total_steps = epochs * steps_per_epoch
     start = checkpoint.latest_step(ckpt_dir)
     if start is not None:
         _, saved_meta = checkpoint.restore_meta(ckpt_dir, start)
@@ -217,13 +313,11 @@ def fit(
         )
     workdir.mkdir(parents=True, exist_ok=True)
 
-    loss_fn = make_loss(loss, model, sigma=sigma, k=k, **(loss_options or {}))
-    train_step = make_train_step(loss_fn, optimizer)
     state, train_key = sharding.replicate(mesh, (state, train_key))
     step = int(sharding.gather(state.step))
     last = total_steps if stop_after_step is None else min(total_steps, stop_after_step)
     bar = (
-        progress.Progress(last, f"train {model_name}", unit="step", done=step)
+        progress.Progress(last, name, unit="step", done=step)
         if show_progress and sharding.is_primary()
         else None
     )
@@ -235,13 +329,17 @@ def fit(
             order = epoch_order(data_key, epoch, num_examples)
             while position < steps_per_epoch and step < last:
                 rows = order[position * batch_size : (position + 1) * batch_size]
-                batch = dict(
-                    zip(
-                        ("image", "label"),
-                        sharding.shard_batch(mesh, images[rows], labels[rows].astype(np.int32)),
-                        strict=True,
+                if labels is None:
+                    (image,) = sharding.shard_batch(mesh, images[rows])
+                    batch = {"image": image}
+                else:
+                    batch = dict(
+                        zip(
+                            ("image", "label"),
+                            sharding.shard_batch(mesh, images[rows], labels[rows].astype(np.int32)),
+                            strict=True,
+                        )
                     )
-                )
                 state, metrics = train_step(state, batch, train_key)
                 step, position, seen = step + 1, position + 1, seen + batch_size
                 window.append(metrics)
@@ -251,38 +349,22 @@ def fit(
                     )
                     window = []
                     if bar:
-                        bar.update(
-                            0,
-                            extra=_loss_terms(record),
-                        )
+                        bar.update(0, extra=_loss_terms(record))
                 if checkpoint_every and step % checkpoint_every == 0 and step < last:
                     _save(ckpt_dir, state, meta, max_to_keep)
                 if bar:
                     bar.update(1)
-            if eval_images is not None and position == steps_per_epoch:
-                accuracy = smoothed_accuracy(
-                    eval_key,
-                    model,
-                    _variables(state),
-                    eval_images[:eval_max],
-                    eval_labels[:eval_max],
-                    sigma=sigma,
-                    num_classes=num_classes,
-                    num_noise=eval_noise,
-                    mesh=mesh,
-                )
-                record = {
-                    "step": step,
-                    "epoch": epoch + 1,
-                    "smoothed_accuracy": accuracy,
-                    "eval_examples": min(eval_max, len(eval_labels)),
-                    "eval_noise": eval_noise,
-                }
+            evaluation = eval_fn(state) if eval_fn and position == steps_per_epoch else None
+            if evaluation:
+                record = {"step": step, "epoch": epoch + 1, **evaluation}
                 if metrics_file is not None:
                     metrics_file.write(json.dumps(record) + "\n")
                     metrics_file.flush()
                 if bar:
-                    bar.update(0, extra=f"epoch {epoch + 1} smoothed accuracy {accuracy:.3f}")
+                    shown = " ".join(
+                        f"{k} {v:.4g}" for k, v in evaluation.items() if isinstance(v, float)
+                    )
+                    bar.update(0, extra=f"epoch {epoch + 1} held-out {shown}")
     if checkpoint.latest_step(ckpt_dir) != step:
         _save(ckpt_dir, state, meta, max_to_keep)
     return state
@@ -380,14 +462,41 @@ def smoothed_accuracy(
     A cheap training-time estimate of the smoothed classifier's clean accuracy (no abstention, no
     confidence bound): certify with rsjax.certify for guarantees.
     """
-    logits_fn = _eval_logits_fn(model)
+    return vote_accuracy(
+        key,
+        _eval_logits_fn(model),
+        variables,
+        images,
+        labels,
+        sigma=sigma,
+        num_classes=num_classes,
+        num_noise=num_noise,
+        mesh=mesh,
+        batch_size=batch_size,
+    )
+
+
+def vote_accuracy(
+    key,
+    logits_fn,
+    params,
+    images,
+    labels,
+    *,
+    sigma,
+    num_classes,
+    num_noise,
+    mesh=None,
+    batch_size: int = 64,
+) -> float:
+    """`smoothed_accuracy` of any logits_fn(params, x) (e.g. an empirical Bayes classifier)."""
     correct = 0
     for start in range(0, len(labels), batch_size):
         stop = min(start + batch_size, len(labels))
         counts = votes.count_votes(
             key,
             logits_fn,
-            variables,
+            params,
             images[start:stop],
             np.arange(start, stop),
             sigma=sigma,

@@ -1,0 +1,50 @@
+"""Smoke run of benchmarks/eb_throughput.py (--quick: 2 examples x 64 samples, batch 4, one round);
+no speed asserted."""
+
+import json
+import os
+import subprocess
+import sys
+from importlib import util
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_eb_throughput_benchmark_quick(tmp_path):
+    out_file = tmp_path / "r.jsonl"
+    out = subprocess.run(
+        [sys.executable, "benchmarks/eb_throughput.py", "--quick", "--out", str(out_file)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    table = [line for line in out.stdout.splitlines() if line.startswith("| LeNet")]
+    assert len(table) == 4, out.stdout  # plain and two EB certify rows, the LeNet train row
+    rows = [json.loads(line) for line in out_file.read_text().splitlines()]
+    certify = [r for r in rows if r["part"] == "certify"]
+    steps = [r for r in rows if r["part"] == "train"]
+    assert [r["score_model"] for r in certify] == [None, "energy_mnist", "score_mnist"]
+    assert [r["model"] for r in steps] == ["lenet", "energy_mnist", "score_mnist"]
+    for r in rows:
+        assert r["benchmark"] == "eb_throughput" and r["quick"] is True
+        assert r["versions"]["jax"] and r["device_kind"] and "--quick" in r["command"]
+        assert r["ratio"] > 0
+    for r in certify:
+        assert (r["examples"], r["n"], r["sigma"]) == (2, 64, 0.5)
+        assert r["samples_per_s"] > 0 and r["call_s"] > 0
+    assert certify[0]["ratio"] == 1.0
+    for r in steps:
+        assert r["batch"] == 4 and r["step_s"] > 0 and r["images_per_s"] > 0
+    assert steps[0]["ratio"] == 1.0 and steps[0]["loss"] == "gaussian"
+    assert {r["loss"] for r in steps[1:]} == {"denoising"}
+
+
+def test_eb_throughput_quick_writes_no_result_unless_asked():
+    spec = util.spec_from_file_location("eb_throughput", f"{REPO}/benchmarks/eb_throughput.py")
+    module = util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.parse_args(["--quick"]).out == ""
+    assert module.parse_args(["--quick", "--out", "x.jsonl"]).out == "x.jsonl"
+    assert module.parse_args([]).out == "benchmarks/results/eb_throughput.jsonl"
