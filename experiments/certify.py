@@ -5,6 +5,10 @@
 
 --skip K certifies every K-th example (idx % K == 0) and --max M stops before index M (-1: all), as in
 Cohen et al.'s certify.py. Killed and rerun with the same arguments, it continues where it stopped.
+
+Empirical Bayes classifiers (rsjax.empirical_bayes): `--denoiser DIR` certifies the classifier composed
+with that denoiser's xhat, at the denoiser's sigma; an XHAT run's --workdir holds both already;
+`--walk-jump K` adds K Langevin steps before the jump (walk-jump classification).
 """
 
 import argparse
@@ -14,7 +18,7 @@ import cli
 import jax
 import numpy as np
 
-from rsjax import checkpoint, data, models, records, runs, train, votes
+from rsjax import checkpoint, data, empirical_bayes, records, runs, votes
 
 
 def main(argv=None):
@@ -47,6 +51,22 @@ def main(argv=None):
         help="noise samples per example per device step (default: 125 on CPU, 1000 on accelerators)",
     )
     p.add_argument("--batch-size", type=int, default=8, help="examples per device call")
+    p.add_argument(
+        "--denoiser",
+        default=None,
+        help="denoiser run directory: certify the classifier on its xhat (empirical Bayes), at its sigma",
+    )
+    p.add_argument(
+        "--walk-jump",
+        type=int,
+        default=0,
+        metavar="K",
+        help="walk-jump classification: K Langevin steps from x + sigma eps, jump, classify "
+        "(needs an empirical Bayes classifier: --denoiser or an XHAT run)",
+    )
+    p.add_argument("--walk-delta", type=float, default=None, help="walk step (default 0.5 sigma)")
+    p.add_argument("--walk-gamma", type=float, default=0.5, help="walk friction")
+    p.add_argument("--walk-u", type=float, default=1.0, help="walk inverse mass")
     p.add_argument("--outdir", required=True)
     cli.add_data_flags(p)
     args = p.parse_args(argv)
@@ -54,9 +74,38 @@ def main(argv=None):
         p.error("--skip must be >= 1")
 
     ckpt_dir = pathlib.Path(args.workdir) / "checkpoints"
-    model, variables, meta, step = train.load_for_eval(ckpt_dir, args.step)
+    if args.denoiser:
+        logits_fn, variables, meta = empirical_bayes.compose(
+            args.workdir, args.denoiser, classifier_step=args.step
+        )
+        step = meta["classifier_step"]
+        if args.sigma is not None and args.sigma != meta["sigma"]:
+            p.error(f"--sigma {args.sigma} differs from the denoiser's sigma {meta['sigma']}")
+    else:
+        logits_fn, variables, meta, step = empirical_bayes.load_for_eval(ckpt_dir, args.step)
     dataset = args.dataset or meta["dataset"]
     sigma = meta["sigma"] if args.sigma is None else args.sigma
+    walk = {}
+    if args.walk_jump:
+        if meta.get("kind") != "eb_classifier":
+            p.error("--walk-jump needs a denoiser: pass --denoiser or an XHAT run's --workdir")
+        walk = dict(
+            num_steps=args.walk_jump,
+            delta=args.walk_delta or 0.5 * sigma,
+            gamma=args.walk_gamma,
+            u=args.walk_u,
+        )
+        logits_fn = empirical_bayes.walk_jump_logits_fn_for(
+            meta["model"],
+            meta["dataset"],
+            meta["num_classes"],
+            meta["score_model"],
+            sigma,
+            walk["num_steps"],
+            walk["delta"],
+            walk["gamma"],
+            walk["u"],
+        )
     if dataset == "mnist5k":
         _, split = data.holdout(
             data.load("mnist5k", "train", data_dir=args.data_dir), every=args.holdout_every
@@ -75,7 +124,7 @@ def main(argv=None):
     outdir = pathlib.Path(args.outdir)
     runs.certify_dataset(
         jax.random.key(args.seed),
-        models.make_logits_fn(model),
+        logits_fn,
         variables,
         split.images,
         split.labels,
@@ -96,6 +145,8 @@ def main(argv=None):
             "max": args.max,
             "seed": args.seed,
             "params_sha256": digest,
+            "denoiser": meta.get("denoiser"),
+            "walk_jump": walk or None,
         },
         sidecar={
             "checkpoint": str(ckpt_dir.resolve()),

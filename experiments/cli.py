@@ -8,7 +8,7 @@ import importlib.util
 import pathlib
 import sys
 
-from rsjax import data, train
+from rsjax import data, empirical_bayes, train
 
 
 def load_config(spec: str, *, smoke: bool) -> dict:
@@ -64,16 +64,69 @@ def add_data_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def train_and_test(config: dict, args) -> tuple[data.Dataset, data.Dataset]:
-    """(train, test) splits of the config's dataset; mnist5k holds out every k-th image as test."""
+    """(train, test) splits of the config's dataset; mnist5k holds out every k-th image as test, or
+    with holdout_every = 0 trains on all 5,000 and tests on the MNIST test split (--data-source-dir)."""
     kw = dict(data_dir=args.data_dir, source_dir=args.data_source_dir, download=args.download)
     if config["dataset"] == "mnist5k":
+        if config["holdout_every"] == 0:  # --data-source-dir is the MNIST test split's then
+            return data.load("mnist5k", "train", data_dir=args.data_dir), data.load(
+                "mnist", "test", **kw
+            )
         return data.holdout(data.load("mnist5k", "train", **kw), every=config["holdout_every"])
     return data.load(config["dataset"], "train", **kw), data.load(config["dataset"], "test", **kw)
 
 
 def fit(key, workdir, config: dict, train_set: data.Dataset, held_out: data.Dataset, **overrides):
-    """rsjax.train.fit with the config's settings as keyword arguments (the one place they meet);
-    the smoothed accuracy on `held_out` is logged after every epoch."""
+    """The config's trainer with its settings as keyword arguments (the one place they meet):
+    rsjax.train.fit for classifiers (the default kind), rsjax.empirical_bayes.fit_denoiser for
+    kind "denoiser" and fit_xhat for kind "xhat". Held-out metrics are logged after every epoch."""
+    kind = config.get("kind", "classifier")
+    if kind == "denoiser":
+        return empirical_bayes.fit_denoiser(
+            key,
+            workdir,
+            images=train_set.images,
+            score_model=config["score_model"],
+            dataset=config["dataset"],
+            sigma=config["sigma"],
+            epochs=config["epochs"],
+            batch_size=config["batch_size"],
+            learning_rate=config["learning_rate"],
+            schedule=config["schedule"],
+            checkpoint_every=config["checkpoint_every"],
+            eval_images=held_out.images,
+            **overrides,
+        )
+    if kind == "xhat":
+        return empirical_bayes.fit_xhat(
+            key,
+            workdir,
+            images=train_set.images,
+            labels=train_set.labels,
+            model_name=config["model"],
+            dataset=config["dataset"],
+            num_classes=data.num_classes(config["dataset"]),
+            denoiser_dir=config["denoiser_workdir"],
+            eps=config["eps"],
+            num_steps=config["num_steps"],
+            k=config["k"],
+            warmup_steps=config.get("warmup_epochs", 0)
+            * (len(train_set.labels) // config["batch_size"]),
+            finetune=config["finetune"],
+            sigma=config["sigma"],
+            epochs=config["epochs"],
+            batch_size=config["batch_size"],
+            learning_rate=config["learning_rate"],
+            momentum=config["momentum"],
+            weight_decay=config["weight_decay"],
+            schedule=config["schedule"],
+            checkpoint_every=config["checkpoint_every"],
+            eval_images=held_out.images,
+            eval_labels=held_out.labels,
+            **overrides,
+        )
+    if kind != "classifier":
+        raise SystemExit(f"config kind must be classifier, denoiser or xhat, got {kind!r}")
     return train.fit(
         key,
         workdir,

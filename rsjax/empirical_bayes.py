@@ -200,6 +200,7 @@ def fit_xhat(
     k: int = 1,
     warmup_steps: int = 0,
     finetune: bool = False,
+    sigma: float | None = None,
     epochs: int,
     batch_size: int,
     learning_rate: float,
@@ -224,7 +225,8 @@ def fit_xhat(
     steps, eps warmed up over `warmup_steps`), then mean over i, j of CE(f(xhat(x'_i + eta_ij)), y_i)
     on k fresh draws (rsjax.losses.smoothadv_loss with the EB apply_fn). eps = 0: no attack, f trained
     on xhat(x + eta) (rsjax.losses.gaussian_augmentation_loss). finetune: the score network trains
-    too (same optimizer); otherwise its parameters are frozen (no gradient, no update).
+    too (same optimizer); otherwise its parameters are frozen (no gradient, no update). sigma, if
+    given, must equal the denoiser's (a guard against pairing the wrong runs).
     Classifier training options and eval as in rsjax.train.fit (SGD with momentum).
     Returns:
       The final TrainState, params {"classifier", "score"}; meta kind "eb_classifier".
@@ -232,6 +234,11 @@ def fit_xhat(
     score_fn, score_params, denoiser_meta, denoiser_step = load_denoiser(
         pathlib.Path(denoiser_dir) / "checkpoints"
     )
+    if sigma is not None and float(sigma) != float(denoiser_meta["sigma"]):
+        raise ValueError(
+            f"sigma {sigma} requested but the denoiser in {denoiser_dir} was trained at "
+            f"sigma {denoiser_meta['sigma']}"
+        )
     sigma = float(denoiser_meta["sigma"])
     if list(images.shape[1:]) != denoiser_meta["input_shape"]:
         raise ValueError(
@@ -400,6 +407,34 @@ def compose(classifier_dir, denoiser_dir, *, classifier_step=None, denoiser_step
         denoiser={"dir": str(denoiser_dir), "step": d_step},
     )
     return logits_fn, {"classifier": variables, "score": score_params}, meta
+
+
+@functools.cache
+def walk_jump_logits_fn_for(
+    model_name: str,
+    dataset: str,
+    num_classes: int,
+    score_model: str,
+    sigma: float,
+    num_steps: int,
+    delta: float,
+    gamma: float,
+    u: float,
+) -> Callable:
+    """The walk-jump logits_fn (rsjax.walkjump) of a (classifier, score model, walk), one object per
+    combination; params {"classifier", "score"} as for `eb_logits_fn_for`."""
+    from rsjax import walkjump
+
+    classifier = models.make_model(model_name, num_classes=num_classes, dataset=dataset)
+    return walkjump.make_walk_jump_logits_fn(
+        models.make_logits_fn(classifier),
+        _score_fn(score_model),
+        sigma=sigma,
+        num_steps=num_steps,
+        delta=delta,
+        gamma=gamma,
+        u=u,
+    )
 
 
 def load_for_eval(ckpt_dir, step: int | None = None):

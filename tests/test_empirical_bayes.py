@@ -143,6 +143,22 @@ def test_fit_xhat_trains_the_classifier_on_xhat_and_loads_for_certification(tmp_
         eval_images=images[:8],
         eval_labels=labels[:8],
     )
+    with pytest.raises(ValueError, match="trained at sigma 0.5"):
+        empirical_bayes.fit_xhat(
+            jax.random.key(1),
+            tmp_path / "other",
+            images=images,
+            labels=labels,
+            model_name="linear",
+            dataset="mnist",
+            num_classes=3,
+            denoiser_dir=denoiser_dir,
+            eps=0.0,
+            sigma=0.25,
+            epochs=1,
+            batch_size=8,
+            learning_rate=0.05,
+        )
     same = checkpoint.digest(state.params["score"]) == checkpoint.digest(score_params)
     assert same != finetune  # frozen: not even weight decay moves the score network
     logits_fn, params, meta, _ = empirical_bayes.load_for_eval(tmp_path / "xhat" / "checkpoints")
@@ -185,9 +201,7 @@ def test_compose_a_clean_classifier_with_a_denoiser(tmp_path):
     y = jnp.asarray(images[:4])
     plain_logits, _ = empirical_bayes.load_for_eval(tmp_path / "c" / "checkpoints")[:2]
     _, score_params, _, _ = empirical_bayes.load_denoiser(tmp_path / "d" / "checkpoints")
-    denoised = tweedie.xhat(
-        lambda z: empirical_bayes._score_fn("energy_mlp")(score_params, z), y, 0.5
-    )
+    denoised = tweedie.xhat(empirical_bayes._score_fn("energy_mlp"), y, 0.5, score_params)
     np.testing.assert_allclose(
         logits_fn(params, y), plain_logits(params["classifier"], denoised), rtol=1e-5, atol=1e-5
     )

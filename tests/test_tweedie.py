@@ -69,6 +69,11 @@ def test_denoising_loss_matches_a_naive_loop():
     np.testing.assert_allclose(float(loss), naive, rtol=1e-3)
     np.testing.assert_allclose(float(metrics["mse"]), naive / 3, rtol=1e-3)
     np.testing.assert_allclose(float(metrics["psnr"]), -10 * np.log10(naive / 3), rtol=1e-3)
+    y = jnp.asarray(x + sigma * eps)
+    denoised = tweedie.xhat(score_fn, y, sigma, params)  # params traced
+    np.testing.assert_allclose(
+        float(jnp.sum((jnp.asarray(x) - denoised) ** 2) / len(x)), naive, rtol=1e-3
+    )
 
 
 def test_denoising_loss_differentiates_through_the_score():
