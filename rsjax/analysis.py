@@ -302,3 +302,33 @@ def default_labels(paths: Sequence[str | os.PathLike]) -> list[str]:
     if len(set(stems)) == len(stems):
         return stems
     return [os.fspath(p) for p in paths]
+
+
+def save_image_grid(images, path: str | os.PathLike, *, title: str | None = None) -> None:
+    """Writes a PNG of a (rows, cols, H, W, C) array of images in [0,1] (clipped), one image per
+    cell: e.g. walk-jump chains (rows) by successive jumps (columns). Grey for one channel."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    images = np.clip(np.asarray(images, np.float64), 0.0, 1.0)
+    if images.ndim != 5 or images.shape[-1] not in (1, 3):
+        raise ValueError(
+            f"images must be (rows, cols, H, W, C) with C in (1, 3), got shape {images.shape}"
+        )
+    rows, cols, h, w, c = images.shape
+    grid = np.ones((rows * (h + 1) - 1, cols * (w + 1) - 1, c))
+    for r in range(rows):
+        for col in range(cols):
+            grid[r * (h + 1) : r * (h + 1) + h, col * (w + 1) : col * (w + 1) + w] = images[r, col]
+    figure = Figure(
+        figsize=(
+            max(5.0 if title else 2.0, cols * 0.6),
+            max(2.0, rows * 0.6 + (0.4 if title else 0)),
+        )
+    )
+    axes = figure.add_axes((0, 0, 1, 0.92 if title else 1))
+    axes.imshow(grid[..., 0] if c == 1 else grid, cmap="gray", vmin=0, vmax=1)
+    axes.set_axis_off()
+    if title:
+        figure.suptitle(title, fontsize=8)
+    FigureCanvasAgg(figure).print_png(os.fspath(path))

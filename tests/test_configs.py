@@ -15,7 +15,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 CONFIG_DIR = REPO / "experiments" / "configs"
 DATASET_CONFIGS = ("mnist_lenet", "fashion_mnist_lenet", "cifar10_resnet110")
 METHODS = ("gaussian", "adre", "adre_adv", "smoothadv", "macer")
-SPECS = ["mnist5k_lenet_gaussian"] + [
+SPECS = ["mnist5k_lenet_gaussian", "mnist5k_lenet:sigma=0.5"] + [
     f"{name}:method={method},sigma=0.5" for name in DATASET_CONFIGS for method in METHODS
 ]
 
@@ -71,7 +71,8 @@ def _config(spec, smoke):
 @pytest.mark.parametrize("spec", [_param(s) for s in SPECS])
 def test_config_smoke(spec, tmp_path):
     config = _config(spec, smoke=True)
-    source = _fake_source(config["dataset"], tmp_path)
+    dataset = "mnist5k/0" if config.get("holdout_every") == 0 else config["dataset"]
+    source = _fake_source(dataset, tmp_path)
     name, _, args = spec.partition(":")
     config_arg = f"{CONFIG_DIR / name}.py" + (f":{args}" if args else "")
     workdir = tmp_path / "run"
@@ -188,6 +189,21 @@ def test_empirical_bayes_configs_smoke(tmp_path):
         denoiser,
         *data,
     )
+    _script(
+        "walk_jump_samples",
+        "--denoiser",
+        denoiser,
+        "--out",
+        tmp_path / "wj.png",
+        "--chains",
+        2,
+        "--jumps",
+        3,
+        "--steps-per-jump",
+        2,
+    )
+    assert (tmp_path / "wj.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert np.load(tmp_path / "wj.npy").shape == (2, 3, 28, 28, 1)
     linear = tmp_path / "linear"
     _script(
         "train",

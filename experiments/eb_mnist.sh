@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# The empirical Bayes comparison on MNIST (experiments/README.md): train on all 5,000 mnist5k digits,
+# certify every SKIP-th image of the MNIST test set (default 20: 500 images) at n0 = 100, n = N
+# (default 10,000), alpha = 0.001, for each sigma in SIGMAS, with CERTIFY and T-CERTIFY:
+#   linear      a linear classifier trained on clean data, smoothed directly
+#   eb_linear   the same classifier on xhat of the learned energy network (empirical Bayes)
+#   lenet       LeNet trained with Gaussian noise augmentation
+#   xhat        XHAT(eps = sigma): LeNet trained end-to-end on xhat at SmoothAdv points, energy frozen
+#   walk_jump   the clean linear classifier after WALK Langevin steps and a jump (walk-jump classification)
+# Every step resumes; rerun to continue.
+#
+#   bash experiments/eb_mnist.sh [RUNS_DIR]                   (default runs/eb_mnist)
+#
+# Environment: SIGMAS (default "0.25 0.5 1.0"), SKIP, N, WALK (default 10), DENOISER_EPOCHS (20),
+# PARTS (default "linear eb_linear lenet xhat walk_jump"), MNIST_TEST (../shared/data/mnist-test),
+# PY (.venv/bin/python).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+RUNS=${1:-runs/eb_mnist}
+SIGMAS=${SIGMAS:-0.25 0.5 1.0}
+SKIP=${SKIP:-20}
+N=${N:-10000}
+WALK=${WALK:-10}
+DENOISER_EPOCHS=${DENOISER_EPOCHS:-20}
+PARTS=${PARTS:-linear eb_linear lenet xhat walk_jump}
+MNIST_TEST=${MNIST_TEST:-../shared/data/mnist-test}
+PY=${PY:-.venv/bin/python}
+CFG=experiments/configs
+DATA=(--data-source-dir "$MNIST_TEST")
+CERT=(--dataset mnist --split test "${DATA[@]}" --skip "$SKIP" --n0 100 --n "$N" --alpha 0.001)
+
+timed() {  # timed LABEL COMMAND...: runs it and prints its wall time
+  local label=$1
+  shift
+  local t0=$SECONDS
+  "$@"
+  echo "$label wall $((SECONDS - t0)) s"
+}
+wants() { [[ " $PARTS " == *" $1 "* ]]; }
+
+timed "linear train" "$PY" experiments/train.py --config "$CFG/mnist5k_linear.py" \
+  --workdir "$RUNS/linear" "${DATA[@]}"
+for s in $SIGMAS; do
+  out=$RUNS/sigma_$s
+  if wants eb_linear || wants xhat || wants walk_jump; then
+    timed "denoiser $s train" "$PY" experiments/train.py \
+      --config "$CFG/mnist5k_denoiser.py:sigma=$s,epochs=$DENOISER_EPOCHS" \
+      --workdir "$RUNS/denoiser_$s" "${DATA[@]}"
+  fi
+  if wants linear; then
+    timed "linear $s certify" "$PY" experiments/certify.py --workdir "$RUNS/linear" --sigma "$s" \
+      --outdir "$out/linear" "${CERT[@]}"
+  fi
+  if wants eb_linear; then
+    timed "eb_linear $s certify" "$PY" experiments/certify.py --workdir "$RUNS/linear" \
+      --denoiser "$RUNS/denoiser_$s" --outdir "$out/eb_linear" "${CERT[@]}"
+  fi
+  if wants lenet; then
+    timed "lenet $s train" "$PY" experiments/train.py --config "$CFG/mnist5k_lenet.py:sigma=$s" \
+      --workdir "$RUNS/lenet_$s" "${DATA[@]}"
+    timed "lenet $s certify" "$PY" experiments/certify.py --workdir "$RUNS/lenet_$s" \
+      --outdir "$out/lenet" "${CERT[@]}"
+  fi
+  if wants xhat; then
+    timed "xhat $s train" "$PY" experiments/train.py \
+      --config "$CFG/mnist5k_xhat.py:sigma=$s,eps=$s,denoiser=$RUNS/denoiser_$s" \
+      --workdir "$RUNS/xhat_$s" "${DATA[@]}"
+    timed "xhat $s certify" "$PY" experiments/certify.py --workdir "$RUNS/xhat_$s" \
+      --outdir "$out/xhat" "${CERT[@]}"
+  fi
+  if wants walk_jump; then
+    timed "walk_jump $s certify" "$PY" experiments/certify.py --workdir "$RUNS/linear" \
+      --denoiser "$RUNS/denoiser_$s" --walk-jump "$WALK" --outdir "$out/walk_jump" "${CERT[@]}"
+  fi
+  if wants eb_linear || wants walk_jump; then
+    "$PY" experiments/walk_jump_samples.py --denoiser "$RUNS/denoiser_$s" --out "$out/samples.png"
+  fi
+  files=() labels=()
+  for tsv in "$out"/*/*.tsv; do
+    files+=("$tsv")
+    labels+=("$(basename "$(dirname "$tsv")")/$(basename "$tsv" .tsv)")
+  done
+  "$PY" experiments/analyze.py "${files[@]}" --labels "${labels[@]}" \
+    --radii 0 0.25 0.5 0.75 1 1.5 2 --title "MNIST, sigma = $s, every ${SKIP}th test image, n = $N" \
+    --plot "$out/certified_accuracy.png" --markdown "$out/table.md" --json "$out/summary.json"
+done
