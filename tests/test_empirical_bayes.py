@@ -205,3 +205,27 @@ def test_compose_a_clean_classifier_with_a_denoiser(tmp_path):
     np.testing.assert_allclose(
         logits_fn(params, y), plain_logits(params["classifier"], denoised), rtol=1e-5, atol=1e-5
     )
+
+
+def test_denoiser_training_on_one_and_four_devices_agrees(tmp_path):
+    """The global batch sharded over 4 host devices or on 1: the same losses and parameters."""
+    from rsjax import sharding
+
+    images, _ = _images(32)
+    runs = {}
+    for name, devices in (("one", jax.devices()[:1]), ("four", jax.devices()[:4])):
+        state = empirical_bayes.fit_denoiser(
+            jax.random.key(0),
+            tmp_path / name,
+            images=images,
+            mesh=sharding.batch_mesh(devices),
+            log_every=1,
+            **dict(DENOISER, epochs=2),
+        )
+        metrics = [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").open()]
+        runs[name] = (state, [m["loss"] for m in metrics if "loss" in m])
+    (one, loss_one), (four, loss_four) = runs["one"], runs["four"]
+    assert len(loss_one) == len(loss_four) == 8
+    np.testing.assert_allclose(loss_four, loss_one, rtol=1e-4)
+    for a, b in zip(jax.tree.leaves(one.params), jax.tree.leaves(four.params), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
