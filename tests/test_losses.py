@@ -73,7 +73,7 @@ def naive_macer(logits, labels, *, sigma, lam, gamma, beta):
     for i, y in enumerate(labels):
         G = sum(_softmax(logits[i, j]) for j in range(k)) / k
         Gb = sum(_softmax(beta * logits[i, j]) for j in range(k)) / k
-        ce += -np.log(G[y] + 1e-10)
+        ce += -np.log(G[y])
         order = np.argsort(-Gb)
         xi = norm.ppf(Gb[order[0]]) - norm.ppf(Gb[order[1]])
         if order[0] == y and np.isfinite(xi):
@@ -355,3 +355,16 @@ def test_adversarial_losses_are_their_base_loss_at_the_attacked_point(name):
     )
     if name == "smoothadv":
         assert float(got) > float(clean)  # attacked points are harder
+
+
+def test_log_soft_smoothed_is_exact_where_float32_softmax_underflows():
+    """A copy whose label logit is 120 below the top has softmax 0 in float32; log G stays exact
+    (float64 reference) and its gradient nonzero, so a collapsed MACER model can still recover."""
+    logits = jnp.array([[[0.0, 120.0, 0.0], [0.0, 130.0, 0.0]]])  # (B=1, k=2, C=3), label 0
+    labels = jnp.array([0])
+    reference = np.logaddexp(-120.0 - np.log1p(2 * np.exp(-120.0)), -130.0) - np.log(2)
+    value = losses.log_soft_smoothed_at(logits, labels)
+    np.testing.assert_allclose(float(value[0]), reference, rtol=1e-6)
+    grad = jax.grad(lambda z: losses.log_soft_smoothed_at(z, labels).sum())(logits)
+    assert float(jnp.abs(grad).sum()) > 0
+    assert float(jax.nn.softmax(logits, axis=-1)[0, 0, 0]) == 0.0  # the naive form's zero
