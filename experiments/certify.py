@@ -145,8 +145,9 @@ def main(argv=None):
             "max": args.max,
             "seed": args.seed,
             "params_sha256": digest,
-            "denoiser": meta.get("denoiser"),
-            "walk_jump": walk or None,
+            # only when used, so runs certified before these options existed still resume
+            **({"denoiser": meta["denoiser"]} if meta.get("denoiser") else {}),
+            **({"walk_jump": walk} if walk else {}),
         },
         sidecar={
             "checkpoint": str(ckpt_dir.resolve()),
