@@ -4,7 +4,9 @@ Public entry points (see each docstring for shapes, math and guarantees):
   certify, predict                       counts on the device, decisions on the host
   certify_from_counts, predict_from_counts   pure numpy over count arrays
   ABSTAIN                                the abstention label (-1)
-Modules: bounds, votes, certify, sharding, models, losses, train, checkpoint, data, analysis, records.
+Modules: bounds, votes, sharding, models, losses, attacks, train, checkpoint, data, rawfiles,
+analysis, records, runs, progress; score, tweedie, empirical_bayes, walkjump (empirical Bayes).
+The certification module is rsjax.certify's functions re-exported here (`rsjax.certify` is the function).
 """
 
 from rsjax.certify import (
