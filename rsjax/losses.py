@@ -156,6 +156,8 @@ def macer_loss(
     lam: float = 12.0,
     gamma: float = 8.0,
     beta: float = 16.0,
+    warmup_steps: int = 0,
+    step=0,
 ):
     """MACER: cross-entropy of the soft smoothed classifier plus a hinge on its certified margin.
 
@@ -175,6 +177,9 @@ def macer_loss(
       batch: {"image": (B, H, W, C) float32 in [0,1], "label": (B,) int}.
       k: noisy copies per example (default 16). lam: hinge weight (default 12; 16 on MNIST).
       gamma: hinge margin (default 8). beta: inverse temperature of G^beta (default 16).
+      warmup_steps: rsjax's option, not Zhai et al.'s (default 0: off): lam grows linearly from 0
+        over the first warmup_steps steps. On LeNet (no batch norm) from scratch the full hinge
+        gives a gradient norm near 100 at step 0 and the network collapses to one class.
     Returns:
       (loss, (new_model_state, {"loss", "ce", "hinge", "accuracy", "hinge_fraction"})):
       loss = ce + lam * hinge, with hinge = sigma/2 * (1/B) sum_{i in H} max(0, gamma - xi_i);
@@ -194,7 +199,7 @@ def macer_loss(
     safe = jnp.where(in_hinge[:, None], top, 0.5)
     xi = ndtri(safe[:, 0]) - ndtri(safe[:, 1])
     hinge = sigma / 2 * jnp.where(in_hinge, jnp.maximum(0.0, gamma - xi), 0.0).mean()
-    loss = ce + lam * hinge
+    loss = ce + attacks.eps_schedule(step, eps=lam, warmup_steps=warmup_steps) * hinge
     accuracy = (logits.argmax(-1) == labels[:, None]).mean()
     metrics = {
         "loss": loss,

@@ -368,3 +368,17 @@ def test_log_soft_smoothed_is_exact_where_float32_softmax_underflows():
     grad = jax.grad(lambda z: losses.log_soft_smoothed_at(z, labels).sum())(logits)
     assert float(jnp.abs(grad).sum()) > 0
     assert float(jax.nn.softmax(logits, axis=-1)[0, 0, 0]) == 0.0  # the naive form's zero
+
+
+def test_macer_lam_warm_up():
+    """With warmup_steps = 10 the hinge weight is lam * step / 10: 0 at step 0, half at step 5,
+    lam from step 10 on (and warmup_steps = 0 is the published loss)."""
+    model, params, batch = _macer_fixture("ABC")
+    key = jax.random.key(0)
+    full, metrics, _ = _loss("macer", model, **MACER)(params, batch, key)
+    assert float(metrics["hinge"]) > 0
+    for step, weight in ((0, 0.0), (5, 0.5), (10, 1.0), (50, 1.0)):
+        loss, m, _ = _loss("macer", model, **MACER, warmup_steps=10, step=step)(params, batch, key)
+        expected = float(m["ce"]) + weight * MACER["lam"] * float(m["hinge"])
+        np.testing.assert_allclose(float(loss), expected, rtol=1e-6)
+    np.testing.assert_allclose(float(loss), float(full), rtol=1e-6)

@@ -2,7 +2,7 @@
 
 method in {gaussian, adre, adre_adv, smoothadv, macer}, sigma in {0.25, 0.5, 1.0}; optional lam=, k=, eps=
 override the method's defaults (experiments/configs/methods.py), e.g. the ADRE lambda sweep, and epochs=,
-batch_size=, learning_rate=, warmup_epochs= (the attack's eps warm-up) the schedule.
+batch_size=, learning_rate=, warmup_epochs= (the attack's eps warm-up; MACER's lam with macer_warmup=1) the schedule.
 
 Command:  python experiments/train.py --config experiments/configs/fashion_mnist_lenet.py:method=adre,sigma=0.5 \
               --workdir runs/fashion_mnist_lenet_adre_0.5
@@ -28,6 +28,7 @@ def get_config(
     batch_size: int = 128,
     learning_rate: float = 0.02,  # 0.05 stalls at chance (loss 2.303) at sigma = 0.5
     warmup_epochs: int = 10,
+    macer_warmup: int = 0,
 ) -> dict:
     config = dict(
         dataset="fashion_mnist",
@@ -41,6 +42,7 @@ def get_config(
             k=k,
             eps=eps,
             warmup_epochs=warmup_epochs,
+            macer_warmup=bool(macer_warmup),
         ),
         epochs=int(epochs),
         batch_size=int(batch_size),

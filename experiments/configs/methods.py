@@ -19,6 +19,7 @@ def training(
     k=None,
     eps=None,
     warmup_epochs: int = 10,
+    macer_warmup: bool = False,
 ) -> dict:
     """{"loss", "k", "loss_options", "warmup_epochs"} for one method at one sigma."""
     if method not in METHODS:
@@ -38,6 +39,8 @@ def training(
     else:
         default_k = 16
         options = {"lam": 16.0 if mnist_like else 12.0, "gamma": 8.0, "beta": 16.0}
+        if macer_warmup:  # lam warms up over warmup_epochs (rsjax's option, see losses.macer_loss)
+            options["warmup_steps"] = 0
     if lam is not None:
         if "lam" not in options:
             raise ValueError(f"method {method!r} has no lam")
@@ -46,7 +49,7 @@ def training(
         "loss": method,
         "k": default_k if k is None else int(k),
         "loss_options": options,
-        "warmup_epochs": warmup_epochs if "eps" in options else 0,
+        "warmup_epochs": warmup_epochs if "warmup_steps" in options or "eps" in options else 0,
     }
 
 
