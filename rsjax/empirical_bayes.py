@@ -30,7 +30,7 @@ import jax
 import numpy as np
 import optax
 
-from rsjax import bounds, checkpoint, losses, models, score, sharding, train, tweedie
+from rsjax import bounds, checkpoint, losses, models, score, sharding, train, tweedie, walkjump
 
 
 def make_eb_logits_fn(
@@ -423,8 +423,6 @@ def walk_jump_logits_fn_for(
 ) -> Callable:
     """The walk-jump logits_fn (rsjax.walkjump) of a (classifier, score model, walk), one object per
     combination; params {"classifier", "score"} as for `eb_logits_fn_for`."""
-    from rsjax import walkjump
-
     classifier = models.make_model(model_name, num_classes=num_classes, dataset=dataset)
     return walkjump.make_walk_jump_logits_fn(
         models.make_logits_fn(classifier),
