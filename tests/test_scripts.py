@@ -38,9 +38,12 @@ def test_vote_throughput_benchmark_quick(tmp_path):
         "--out",
         str(tmp_path / "r.jsonl"),
     )
-    assert "| lenet |" in out.stdout
-    row = json.loads((tmp_path / "r.jsonl").read_text().splitlines()[0])
+    assert "| lenet |" in out.stdout and "GFLOP/s" in out.stdout
+    peak, row = map(json.loads, (tmp_path / "r.jsonl").read_text().splitlines())
+    assert peak["benchmark"] == "peak_matmul" and peak["flops_per_s"] > 0
     assert row["ratio"] > 0 and row["quick"] is True
+    # LeNet (conv20-conv50-fc500) is about 2.3 MFLOP multiply-adds per 28x28 input: 4-5 MFLOP.
+    assert 3e6 < row["flops_per_input"] < 6e6 and row["peak_memory_bytes"] > 0
 
 
 def test_train_script_rejects_missing_config(tmp_path):

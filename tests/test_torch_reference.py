@@ -214,3 +214,61 @@ def test_vs_pytorch_quick_writes_no_result_unless_asked():
     args = module.parse_args([])
     assert args.out == "benchmarks/results/vs_pytorch.jsonl"
     assert (args.images, args.n0, args.n, args.batch, args.repeats) == (20, 100, 10_000, 1000, 3)
+
+
+@pytest.mark.parametrize("loss, k", [("gaussian", 1), ("adre", 4)])
+def test_train_benchmark_losses_agree_on_the_same_noise(loss, k):
+    # The PyTorch step of benchmarks/train_vs_pytorch.py computes rsjax's loss: same value, same
+    # gradient on the same noisy copies.
+    from rsjax import losses
+
+    reference = _load("torch_reference")
+    bench = _load("train_vs_pytorch")
+    model = models.make_model("lenet", num_classes=10)
+    variables = models.init_variables(model, jax.random.key(0), (28, 28, 1))
+    x = jax.random.uniform(jax.random.key(1), (6, 28, 28, 1))
+    labels = jnp.arange(6) % 10
+    key = jax.random.key(2)
+    apply_fn = losses.make_train_apply(model)
+    loss_fn = losses.adre_loss if loss == "adre" else losses.gaussian_augmentation_loss
+    options = {"lam": 0.5} if loss == "adre" else {}
+    batch = {"image": x, "label": labels}
+    (value, _), grads = jax.value_and_grad(
+        functools.partial(loss_fn, apply_fn=apply_fn, sigma=0.25, k=k, **options), has_aux=True
+    )(variables["params"], {}, batch, key)
+    noisy = losses.noisy_copies(key, x, sigma=0.25, k=k)
+    tmodel = reference.from_flax("lenet", variables, input_shape=(28, 28, 1))
+    t_value = bench.torch_loss(
+        tmodel,
+        reference.to_nchw(np.asarray(noisy)),
+        torch.from_numpy(np.asarray(labels, np.int64)),
+        loss=loss,
+        k=k,
+        lam=0.5,
+    )
+    t_value.backward()
+    np.testing.assert_allclose(t_value.item(), float(value), rtol=1e-5)
+    # conv1's kernel: PyTorch (out, in, kh, kw) against Flax (kh, kw, in, out).
+    np.testing.assert_allclose(
+        tmodel.conv1.weight.grad.numpy().transpose(2, 3, 1, 0),
+        np.asarray(grads["Conv_0"]["kernel"]),
+        rtol=1e-4,
+        atol=1e-6,
+    )
+
+
+def test_train_vs_pytorch_quick(tmp_path):
+    out_file = tmp_path / "t.jsonl"
+    out = subprocess.run(
+        [sys.executable, "benchmarks/train_vs_pytorch.py", "--quick", "--out", str(out_file)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = [json.loads(line) for line in out_file.read_text().splitlines()]
+    assert [(r["loss"], r["k"]) for r in rows] == [("gaussian", 1), ("adre", 2)]
+    for r in rows:
+        assert r["rsjax_images_per_s"] > 0 and r["torch_images_per_s"] > 0 and r["ratio"] > 0
+        assert r["quick"] is True and r["batch"] == 8
