@@ -7,7 +7,9 @@
 #   lenet       LeNet trained with Gaussian noise augmentation
 #   xhat        XHAT(eps = sigma): LeNet trained end-to-end on xhat at SmoothAdv points, energy frozen
 #   walk_jump   the clean linear classifier after WALK Langevin steps and a jump (walk-jump classification)
-# Every step resumes; rerun to continue.
+# Per sigma it writes table.md, summary.json and certified_accuracy.png, and margins.md / margins.json:
+# how often the rows that use the linear classifier certify beyond its own margin
+# (experiments/linear_margin.py). Every step resumes; rerun to continue.
 #
 #   bash experiments/eb_mnist.sh [RUNS_DIR]                   (default runs/eb_mnist)
 #
@@ -87,4 +89,16 @@ for s in $SIGMAS; do
   "$PY" experiments/analyze.py "${files[@]}" --labels "${labels[@]}" \
     --radii 0 0.25 0.5 0.75 1 1.5 2 --title "MNIST, sigma = $s, every ${SKIP}th test image (walk-jump every ${WALK_SKIP}th), n = $N" \
     --plot "$out/certified_accuracy.png" --markdown "$out/table.md" --json "$out/summary.json"
+  margin_tsvs=() margin_labels=()
+  for part in linear eb_linear walk_jump; do  # the rows that classify with the linear classifier
+    if [[ -f $out/$part/cohen.tsv ]]; then
+      margin_tsvs+=("$out/$part/cohen.tsv")
+      margin_labels+=("$part/cohen")
+    fi
+  done
+  if ((${#margin_tsvs[@]})); then
+    "$PY" experiments/linear_margin.py --workdir "$RUNS/linear" --tsv "${margin_tsvs[@]}" \
+      --labels "${margin_labels[@]}" --dataset mnist "${DATA[@]}" --json "$out/margins.json" \
+      | tee "$out/margins.md"
+  fi
 done

@@ -258,6 +258,27 @@ def test_empirical_bayes_configs_smoke(tmp_path):
     for name in ("eb", "wj", "xhat_cert"):
         rows = (tmp_path / name / "cohen.tsv").read_text().splitlines()
         assert len(rows) == 1 + 4, name
+    tsvs = [tmp_path / name / "cohen.tsv" for name in ("plain", "eb", "wj")]
+    out = _script(
+        "linear_margin",
+        "--workdir",
+        linear,
+        "--tsv",
+        *tsvs,
+        "--labels",
+        "plain",
+        "eb",
+        "wj",
+        "--dataset",
+        "mnist",
+        *data,
+        "--json",
+        tmp_path / "margins.json",
+    )
+    summaries = json.loads((tmp_path / "margins.json").read_text())
+    assert sorted(summaries) == ["eb", "plain", "wj"] and "| eb | 4 |" in out.stdout
+    # Gaussian smoothing never certifies a linear classifier beyond its own margin.
+    assert summaries["plain"]["beyond_margin"] in (None, 0.0)
     sidecar = json.loads((tmp_path / "wj" / "cohen.tsv.json").read_text())
     assert sidecar["settings"]["sigma"] == 0.5
     assert sidecar["settings"]["walk_jump"]["num_steps"] == 2
