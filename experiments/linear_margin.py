@@ -8,7 +8,7 @@ A linear classifier f(x) = argmax_j (A x + c)_j (rsjax.models.LinearClassifier: 
 affine too) is robust at x exactly within its margin, the l2 distance to its nearest decision
 boundary, min_{j != f(x)} (z_f - z_j) / ||A_f - A_j||. That is f's own exact certificate, no
 smoothing. For each TSV (rows of rsjax certification: idx, label, predict, radius, correct) this
-prints, over the TSV's images: f's clean accuracy and mean margin (radius 0 where f is wrong), the
+prints (rsjax.analysis.affine_margins, compare_to_margins), over the TSV's images: f's clean accuracy and mean margin (radius 0 where f is wrong), the
 TSV's certified accuracy and mean certified radius (its ACR), and among the images that both classify
 correctly, the share whose certified radius exceeds f's margin and the median of the two. REFERENCE
 section 4: the empirical Bayes smoothed linear classifier should reach beyond the margin of f.
@@ -25,38 +25,13 @@ import numpy as np
 from rsjax import analysis, data, train
 
 
-def margins(model, variables, images) -> tuple[np.ndarray, np.ndarray]:
-    """(predictions, l2 margins) of an affine classifier on images (N, H, W, C)."""
-    logits_fn = jax.jit(lambda x: model.apply(variables, x))
-    one = lambda v: model.apply(variables, v.reshape((1, *images.shape[1:])))[0]  # noqa: E731
-    A = np.asarray(jax.jacfwd(one)(jnp.zeros(images[0].size)))  # (K, d): constant for affine f
-    z = np.asarray(logits_fn(jnp.asarray(images)))
-    pred = z.argmax(axis=1)
-    gaps = z[np.arange(len(z)), pred][:, None] - z  # (N, K), >= 0
-    norms = np.linalg.norm(A[pred][:, None, :] - A[None, :, :], axis=-1)  # (N, K)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        dist = np.where(np.arange(z.shape[1])[None] == pred[:, None], np.inf, gaps / norms)
-    return pred, dist.min(axis=1)
-
-
-def compare(pred, margin, labels, results: analysis.CertResults) -> dict:
-    """Summary of one TSV's certified radii against the margins of f on the same images."""
-    idx = np.asarray(results.idx)
-    f_correct = pred[idx] == labels[idx]
-    f_radius = np.where(f_correct, margin[idx], 0.0)
-    cert_radius = np.where(results.correct, results.radius, 0.0)
-    both = f_correct & results.correct
-    return {
-        "images": int(len(idx)),
-        "linear_accuracy": float(f_correct.mean()),
-        "linear_mean_margin": float(f_radius.mean()),
-        "certified_accuracy": float(results.correct.mean()),
-        "acr": float(cert_radius.mean()),
-        "both_correct": int(both.sum()),
-        "beyond_margin": float((cert_radius[both] > f_radius[both]).mean()) if both.any() else None,
-        "median_margin_both": float(np.median(f_radius[both])) if both.any() else None,
-        "median_radius_both": float(np.median(cert_radius[both])) if both.any() else None,
-    }
+def linear_logits_and_jacobian(model, variables, images) -> tuple[np.ndarray, np.ndarray]:
+    """Logits (N, K) of an affine Flax classifier on images (N, H, W, C), and its Jacobian (K, d)."""
+    shape = images.shape[1:]
+    one = lambda v: model.apply(variables, v.reshape((1, *shape)))[0]  # noqa: E731
+    jacobian = jax.jacfwd(one)(jnp.zeros(int(np.prod(shape)), jnp.float32))
+    logits = jax.jit(lambda x: model.apply(variables, x))(jnp.asarray(images))
+    return np.asarray(logits), np.asarray(jacobian)
 
 
 def main(argv=None):
@@ -79,7 +54,9 @@ def main(argv=None):
     dataset = data.load(
         args.dataset, args.split, data_dir=args.data_dir, source_dir=args.data_source_dir
     )
-    pred, margin = margins(model, variables, dataset.images)
+    pred, margin = analysis.affine_margins(
+        *linear_logits_and_jacobian(model, variables, dataset.images)
+    )
     summaries = {}
     print(
         "| run | images | linear acc | linear mean margin | cert acc | ACR | beyond margin"
@@ -87,7 +64,8 @@ def main(argv=None):
     )
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for label, path in zip(labels, args.tsv, strict=True):
-        s = summaries[label] = compare(pred, margin, dataset.labels, analysis.read_tsv(path))
+        results = analysis.read_tsv(path)
+        s = summaries[label] = analysis.compare_to_margins(pred, margin, dataset.labels, results)
         share = "-" if s["beyond_margin"] is None else f"{s['beyond_margin']:.3f}"
         med_m = "-" if s["median_margin_both"] is None else f"{s['median_margin_both']:.3f}"
         med_r = "-" if s["median_radius_both"] is None else f"{s['median_radius_both']:.3f}"

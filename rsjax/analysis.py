@@ -304,6 +304,53 @@ def default_labels(paths: Sequence[str | os.PathLike]) -> list[str]:
     return [os.fspath(p) for p in paths]
 
 
+def affine_margins(logits, jacobian) -> tuple[np.ndarray, np.ndarray]:
+    """Predictions and exact l2 robust radii of an affine classifier z(x) = A x + c.
+
+    Args:
+      logits: (N, K) z(x) of N inputs.
+      jacobian: (K, d) A.
+    Returns:
+      (pred (N,), margin (N,)): f(x) = argmax z, and min_{j != f(x)} (z_f - z_j) / ||A_f - A_j||,
+      the distance from x to f's nearest decision boundary (f is constant within it, and changes just
+      beyond it). inf where no other class's row of A differs.
+    """
+    logits, jacobian = np.asarray(logits, np.float64), np.asarray(jacobian, np.float64)
+    pred = logits.argmax(axis=1)
+    gaps = logits[np.arange(len(logits)), pred][:, None] - logits  # (N, K), >= 0
+    norms = np.linalg.norm(jacobian[pred][:, None, :] - jacobian[None, :, :], axis=-1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        dist = np.where(np.arange(logits.shape[1])[None] == pred[:, None], np.inf, gaps / norms)
+    return pred, np.nan_to_num(dist, nan=np.inf).min(axis=1)
+
+
+def compare_to_margins(pred, margin, labels, results: CertResults) -> dict:
+    """One certification's radii against a linear classifier's margins on the same images.
+
+    pred, margin: affine_margins of the linear classifier f on the whole dataset; labels: the
+    dataset's (indexed by results.idx). Returns images, f's accuracy and mean margin (0 where f is
+    wrong), the certification's certified accuracy and ACR, and among the images both classify
+    correctly: their number, the share certified beyond f's margin, and the two medians.
+    """
+    idx = np.asarray(results.idx)
+    f_correct = np.asarray(pred)[idx] == np.asarray(labels)[idx]
+    f_radius = np.where(f_correct, np.asarray(margin)[idx], 0.0)
+    radius = np.where(results.correct, results.radius, 0.0)
+    both = f_correct & results.correct
+    some = bool(both.any())
+    return {
+        "images": int(len(idx)),
+        "linear_accuracy": float(f_correct.mean()),
+        "linear_mean_margin": float(f_radius.mean()),
+        "certified_accuracy": float(results.correct.mean()),
+        "acr": float(radius.mean()),
+        "both_correct": int(both.sum()),
+        "beyond_margin": float((radius[both] > f_radius[both]).mean()) if some else None,
+        "median_margin_both": float(np.median(f_radius[both])) if some else None,
+        "median_radius_both": float(np.median(radius[both])) if some else None,
+    }
+
+
 def save_image_grid(images, path: str | os.PathLike, *, title: str | None = None) -> None:
     """Writes a PNG of a (rows, cols, H, W, C) array of images in [0,1] (clipped), one image per
     cell: e.g. walk-jump chains (rows) by successive jumps (columns). Grey for one channel."""

@@ -252,3 +252,42 @@ def test_cli_rejects_label_count(hand_path):
     cmd = [sys.executable, "experiments/analyze.py", str(hand_path), "--labels", "a", "b"]
     proc = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, check=False)
     assert proc.returncode == 2 and "labels" in proc.stderr
+
+
+def test_affine_margin_is_the_distance_to_the_nearest_boundary():
+    # A 3-class affine classifier on R^5: moving from x towards the nearest boundary, the class holds
+    # to 0.999 of the margin and has changed at 1.001 of it.
+    rng = np.random.default_rng(0)
+    A, c = rng.normal(size=(3, 5)), rng.normal(size=3)
+    x = rng.normal(size=(6, 5))
+    pred, margin = analysis.affine_margins(x @ A.T + c, A)
+    np.testing.assert_array_equal(pred, (x @ A.T + c).argmax(1))
+    for i in range(len(x)):
+        z = A @ x[i] + c
+        others = [j for j in range(3) if j != pred[i]]
+        dists = [(z[pred[i]] - z[j]) / np.linalg.norm(A[pred[i]] - A[j]) for j in others]
+        j = others[int(np.argmin(dists))]
+        direction = (A[j] - A[pred[i]]) / np.linalg.norm(A[j] - A[pred[i]])
+        np.testing.assert_allclose(margin[i], min(dists), rtol=1e-12)
+        assert (A @ (x[i] + 0.999 * margin[i] * direction) + c).argmax() == pred[i]
+        assert (A @ (x[i] + 1.001 * margin[i] * direction) + c).argmax() != pred[i]
+
+
+def test_compare_to_margins_counts_radii_beyond_the_margin():
+    pred = np.array([0, 1, 2, 0])
+    margin = np.array([0.5, 0.2, 0.3, 0.4])
+    labels = np.array([0, 1, 1, 0])  # the linear classifier is wrong on image 2
+    results = analysis.CertResults(
+        idx=np.array([0, 1, 2, 3]),
+        label=labels,
+        predict=np.array([0, 1, 1, -1]),
+        radius=np.array([0.7, 0.1, 0.6, 0.0]),
+        correct=np.array([True, True, True, False]),
+        time=np.zeros(4),
+    )
+    s = analysis.compare_to_margins(pred, margin, labels, results)
+    assert s["linear_accuracy"] == 0.75 and s["certified_accuracy"] == 0.75
+    np.testing.assert_allclose(s["linear_mean_margin"], (0.5 + 0.2 + 0.4) / 4)
+    np.testing.assert_allclose(s["acr"], (0.7 + 0.1 + 0.6) / 4)
+    assert s["both_correct"] == 2 and s["beyond_margin"] == 0.5
+    np.testing.assert_allclose([s["median_margin_both"], s["median_radius_both"]], [0.35, 0.4])
