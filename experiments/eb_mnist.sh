@@ -13,8 +13,8 @@
 #
 #   bash experiments/eb_mnist.sh [RUNS_DIR]                   (default runs/eb_mnist)
 #
-# Environment: SIGMAS (default "0.25 0.5 1.0"), SKIP, N, WALK (default 5), WALK_SKIP (default 100:
-# walk-jump costs WALK + 1 score evaluations per noise sample, so it certifies every 100th image, 100 in
+# Environment: SIGMAS (default "0.25 0.5 1.0"), SKIP, N, WALK (default 5), WALK_SKIP (default 200:
+# walk-jump costs WALK + 1 score evaluations per noise sample, so it certifies every 200th image, 50 in
 # all, by default), DENOISER_EPOCHS (60), SCORE_MODEL (energy_mnist_mlp),
 # PARTS (default "linear eb_linear lenet xhat walk_jump"), MNIST_TEST (../shared/data/mnist-test),
 # PY (.venv/bin/python).
@@ -25,7 +25,7 @@ SIGMAS=${SIGMAS:-0.25 0.5 1.0}
 SKIP=${SKIP:-20}
 N=${N:-10000}
 WALK=${WALK:-5}
-WALK_SKIP=${WALK_SKIP:-100}
+WALK_SKIP=${WALK_SKIP:-200}
 DENOISER_EPOCHS=${DENOISER_EPOCHS:-60}
 SCORE_MODEL=${SCORE_MODEL:-energy_mnist_mlp}
 PARTS=${PARTS:-linear eb_linear lenet xhat walk_jump}

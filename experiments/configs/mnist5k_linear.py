@@ -9,8 +9,10 @@ Command:  python experiments/train.py --config experiments/configs/mnist5k_linea
           python experiments/certify.py --workdir runs/mnist5k_linear --denoiser runs/mnist5k_denoiser_0.5 \
               --dataset mnist --data-source-dir ../shared/data/mnist-test --skip 20 --n 10000 \
               --outdir runs/mnist5k_linear/eb_0.5
-Expected: not measured yet (see experiments/README.md).
-Wall time: not measured yet; seconds per epoch on 2 CPU cores.
+Expected: clean accuracy 0.876 on the first 500 MNIST test images; on xhat of the denoisers, CERTIFY
+          ACR 0.484 (sigma 0.25), 0.610 (0.5), 0.959 (1.0) against 0.321, 0.230, 0.059 smoothed
+          directly (every 20th test image, n = 10,000; experiments/README.md, EB section).
+Wall time: 18 s on 2 CPU cores (AMD EPYC, jax 0.10.2).
 """
 
 
