@@ -157,8 +157,7 @@ def main(argv=None):
     peak = None
     if not args.no_peak:
         row = peak_matmul(args.peak_size, args.repeats)
-        if out:
-            records.append_result(out, dict(row, quick=args.quick), env)
+        records.append_result(out, dict(row, quick=args.quick), env)  # no file when out is ""
         peak = row["flops_per_s"]
         print(f"peak: {args.peak_size}^2 float32 matmul {peak / 1e9:,.1f} GFLOP/s")
     print(
@@ -171,8 +170,7 @@ def main(argv=None):
             for chunk in args.chunk:
                 row = measure(name, batch=batch, n=args.n, chunk=chunk, repeats=args.repeats)
                 row = dict(row, quick=args.quick, peak_flops_per_s=peak)
-                if out:
-                    row = records.append_result(out, row, env)
+                row = records.append_result(out, row, env)
                 share = "-" if peak is None else f"{row['votes_flops_per_s'] / peak:.2f}"
                 print(
                     f"| {name} | {batch} x {args.n} | {chunk} | {row['raw_inputs_per_s']:,.0f}"
