@@ -32,15 +32,16 @@ BATCH = {"linear": 64, "lenet": 64, "resnet20": 32, "resnet110": 32}
 LOSSES = ("gaussian", "adre", "macer")  # the noise-only losses (no attack options needed)
 
 
-def make_config(model_name, loss, k, *, batch, lam, sigma=0.25, num_classes=10):
-    """A compiled-and-run train step for one (model, loss, k): {"step", "state", "batch", "key"}."""
+def make_config(model_name, loss, k, *, batch, lam, sigma=0.25, num_classes=10, microbatches=1):
+    """A compiled-and-run train step for one (model, loss, k): {"step", "state", "batch", "key"};
+    microbatches as in rsjax.train.make_train_step."""
     model = models.make_model(model_name, num_classes=num_classes)
     shape = SHAPES[model_name]
     optimizer = train.make_optimizer(learning_rate=0.01, total_steps=1_000, momentum=0.9)
     state = train.init_state(model, jax.random.key(0), shape, optimizer)
     options = {"lam": lam} if loss == "adre" else {}
     loss_fn = train.make_loss(loss, model, sigma=sigma, k=k, **options)
-    step = train.make_train_step(loss_fn, optimizer)
+    step = train.make_train_step(loss_fn, optimizer, microbatches=microbatches)
     image_key, label_key = jax.random.split(jax.random.key(1))
     data = jax.device_put(
         {

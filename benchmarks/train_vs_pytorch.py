@@ -1,13 +1,14 @@
 """rsjax's jitted train step against a PyTorch step of the same loss on the same LeNet, side by side.
 
-  python benchmarks/train_vs_pytorch.py [--configs gaussian:1 adre:8] [--batch 64] [--lam 0.5]
+  python benchmarks/train_vs_pytorch.py [--configs gaussian:1 adre:8 adre:8:8] [--batch 64] [--lam 0.5]
       [--steps 5] [--repeats 5] [--threads 2] [--xla-flags FLAGS] [--quick]
 
-Needs the benchmark extra (pip install -e ".[bench]": PyTorch). For each LOSS:K of --configs:
+Needs the benchmark extra (pip install -e ".[bench]": PyTorch). For each LOSS:K[:M] of --configs:
 
 - rsjax: the step of benchmarks/train_throughput.py (rsjax.train.make_train_step of the loss built by
   name as rsjax.train.fit builds it, SGD momentum 0.9, one fixed batch of --batch images on the device,
-  the B * K noisy copies as one batch).
+  the B * K noisy copies as one batch, or with M > 1 as M gradient groups of B / M examples,
+  rsjax.train.make_train_step's microbatches).
 - PyTorch: the same LeNet with the same initial weights (torch_reference.from_flax), the same loss
   written in PyTorch (Gaussian: cross-entropy on the K noisy copies; ADRE: plus lam * log G[c*], the
   strongest wrong class of the soft smoothed classifier, a constant of the step), torch.optim.SGD with
@@ -32,7 +33,10 @@ import time
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument(
-        "--configs", nargs="+", default=["gaussian:1", "adre:8"], help="LOSS:K (gaussian or adre)"
+        "--configs",
+        nargs="+",
+        default=["gaussian:1", "adre:8", "adre:8:8"],
+        help="LOSS:K[:M] (gaussian or adre; M gradient groups, default 1)",
     )
     p.add_argument("--batch", type=int, default=64, help="clean examples per step")
     p.add_argument("--lam", type=float, default=0.5, help="ADRE's lam")
@@ -48,13 +52,22 @@ def parse_args(argv):
     args = p.parse_args(argv)
     configs = []
     for spec in args.configs:
-        loss, _, k = spec.partition(":")
-        if loss not in ("gaussian", "adre") or not k.isdigit() or int(k) < 1:
-            p.error(f"--configs takes LOSS:K with LOSS gaussian or adre and K >= 1, got {spec!r}")
-        configs.append((loss, int(k)))
+        loss, *numbers = spec.split(":")
+        numbers = numbers + ["1"] * (len(numbers) == 1)
+        if (
+            loss not in ("gaussian", "adre")
+            or len(numbers) != 2
+            or not all(v.isdigit() and int(v) >= 1 for v in numbers)
+            or args.batch % int(numbers[1])
+        ):
+            p.error(
+                "--configs takes LOSS:K[:M] with LOSS gaussian or adre, K >= 1 and M >= 1"
+                f" dividing --batch {args.batch}, got {spec!r}"
+            )
+        configs.append((loss, int(numbers[0]), int(numbers[1])))
     args.configs = configs
     if args.quick:
-        args.configs = [(loss, min(k, 2)) for loss, k in configs]
+        args.configs = [(loss, min(k, 2), min(m, 2)) for loss, k, m in configs]
         args.batch, args.steps, args.repeats = 8, 1, 1
     if args.out is None:
         args.out = "" if args.quick else "benchmarks/results/train_vs_pytorch.jsonl"
@@ -145,11 +158,14 @@ def main(argv=None):
         f" {env['versions']['jax']}, torch {torch.__version__}, XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}"
     )
     print(
-        "| loss | B | k | rsjax step ms | PyTorch step ms | rsjax images/s | PyTorch images/s | ratio |"
+        "| loss | B | k | rsjax groups | rsjax step ms | PyTorch step ms | rsjax images/s"
+        " | PyTorch images/s | ratio |"
     )
-    print("|---|---|---|---|---|---|---|---|")
-    for loss, k in args.configs:
-        rs = train_throughput.make_config("lenet", loss, k, batch=args.batch, lam=args.lam)
+    print("|---|---|---|---|---|---|---|---|---|")
+    for loss, k, m in args.configs:
+        rs = train_throughput.make_config(
+            "lenet", loss, k, batch=args.batch, lam=args.lam, microbatches=m
+        )
         variables = {"params": rs["state"].params}
         tmodel = torch_reference.from_flax("lenet", variables, input_shape=(28, 28, 1))
         tstep = torch_step_fn(tmodel, loss=loss, k=k, sigma=args.sigma, lam=args.lam)
@@ -163,6 +179,7 @@ def main(argv=None):
             "model": "lenet",
             "loss": loss,
             "k": k,
+            "microbatches": m,
             "lam": args.lam if loss == "adre" else None,
             "batch": args.batch,
             "steps": args.steps,
@@ -182,7 +199,7 @@ def main(argv=None):
         }
         records.append_result(args.out, row, env)
         print(
-            f"| {loss} | {args.batch} | {k} | {1e3 * t_rs:,.1f} | {1e3 * t_pt:,.1f}"
+            f"| {loss} | {args.batch} | {k} | {m} | {1e3 * t_rs:,.1f} | {1e3 * t_pt:,.1f}"
             f" | {args.batch / t_rs:,.0f} | {args.batch / t_pt:,.0f} | {row['ratio']:.2f} |",
             flush=True,
         )

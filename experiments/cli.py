@@ -146,6 +146,7 @@ def fit(key, workdir, config: dict, train_set: data.Dataset, held_out: data.Data
         loss=config["loss"],
         k=config["k"],
         loss_options=_with_warmup(config, len(train_set.labels)),
+        microbatches=config.get("microbatches", 1),
         checkpoint_every=config["checkpoint_every"],
         eval_images=held_out.images,
         eval_labels=held_out.labels,

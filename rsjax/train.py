@@ -83,27 +83,66 @@ def init_state(model, key: jax.Array, input_shape, optimizer) -> TrainState:
     )
 
 
-def make_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation):
+def make_train_step(
+    loss_fn: Callable, optimizer: optax.GradientTransformation, *, microbatches: int = 1
+):
     """Jitted step(state, batch, train_key) -> (state, metrics); noise key = fold_in(train_key, step).
 
     loss_fn(params, model_state, batch, key) -> (loss, (model_state, metrics)); a loss_fn with a
     `step` keyword (the adversarial losses' eps warm-up) also gets the current step.
+
+    microbatches: m > 1 splits the B examples into m interleaved groups (group g holds examples
+    g, g + m, ...; each device keeps its own rows when its share of B is divisible by m), takes the
+    gradient of each group in turn with the noise key fold_in(key, g), and averages them. For a loss
+    that is a mean over examples (every loss in rsjax.losses: the k noisy copies of an example stay
+    together) this is the gradient of the same loss, on differently drawn noise. It bounds the batch
+    of one backward pass to B * k / m inputs, which XLA:CPU runs faster per input than one large
+    batch (benchmarks/README.md, "Training against PyTorch"). Models with batch norm are refused:
+    their statistics would be those of a group, not of the batch.
     """
+    if not isinstance(microbatches, int) or microbatches < 1:
+        raise ValueError(f"microbatches must be an int >= 1, got {microbatches!r}")
     wants_step = "step" in inspect.signature(loss_fn).parameters
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
     def step(state: TrainState, batch, train_key):
         key = jax.random.fold_in(train_key, state.step)
         extra = {"step": state.step} if wants_step else {}
-        (loss, (model_state, metrics)), grads = grad_fn(
-            state.params, state.model_state, batch, key, **extra
-        )
+        if microbatches == 1:
+            (loss, (model_state, metrics)), grads = grad_fn(
+                state.params, state.model_state, batch, key, **extra
+            )
+        else:
+            loss, model_state, metrics, grads = _microbatched(
+                grad_fn, state, batch, key, microbatches, extra
+            )
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads))
         return TrainState(state.step + 1, params, model_state, opt_state), metrics
 
     return jax.jit(step, donate_argnums=0)
+
+
+def _microbatched(grad_fn, state, batch, key, m, extra):
+    """(loss, model_state, metrics, grads) averaged over m interleaved groups of the batch."""
+    if jax.tree.leaves(state.model_state):
+        raise ValueError(
+            "microbatches > 1 would compute batch-norm statistics per group; use microbatches=1 "
+            "for models with batch norm"
+        )
+    size = jax.tree.leaves(batch)[0].shape[0]
+    if size % m:
+        raise ValueError(f"microbatches={m} must divide the batch size {size}")
+    results = []
+    for g in range(m):
+        group = jax.tree.map(lambda a, g=g: a.reshape(size // m, m, *a.shape[1:])[:, g], batch)
+        (loss, (_, metrics)), grads = grad_fn(
+            state.params, state.model_state, group, jax.random.fold_in(key, g), **extra
+        )
+        results.append((loss, metrics, grads))
+    loss, metrics, grads = jax.tree.map(lambda *xs: sum(xs) / m, *results)
+    return loss, state.model_state, metrics, grads
 
 
 def epoch_order(data_key: jax.Array, epoch: int, num_examples: int) -> np.ndarray:
@@ -135,6 +174,7 @@ def fit(
     loss: str = "gaussian",
     k: int = 1,
     loss_options: dict | None = None,
+    microbatches: int = 1,
     checkpoint_every: int = 0,
     max_to_keep: int = 3,
     stop_after_step: int | None = None,
@@ -198,6 +238,8 @@ def fit(
         "batch_size": batch_size,
         "total_steps": total_steps,
     }
+    if microbatches != 1:  # recorded only when used, so that earlier runs still resume
+        meta["microbatches"] = microbatches
     loss_fn = make_loss(loss, model, sigma=sigma, k=k, **(loss_options or {}))
 
     def evaluate(state):
@@ -223,7 +265,7 @@ def fit(
     return train_loop(
         workdir,
         state=state,
-        train_step=make_train_step(loss_fn, optimizer),
+        train_step=make_train_step(loss_fn, optimizer, microbatches=microbatches),
         meta=meta,
         images=images,
         labels=labels,
@@ -296,7 +338,13 @@ def train_loop(
     start = checkpoint.latest_step(ckpt_dir)
     if start is not None:
         _, saved_meta = checkpoint.restore_meta(ckpt_dir, start)
-        mismatched = {k: (saved_meta.get(k), v) for k, v in meta.items() if saved_meta.get(k) != v}
+        # Keys written only when not at their default (earlier runs lack them) compare as the default.
+        defaults = {"microbatches": 1}
+        mismatched = {
+            k: (saved_meta.get(k, defaults.get(k)), meta.get(k, defaults.get(k)))
+            for k in set(meta) | set(defaults)
+            if saved_meta.get(k, defaults.get(k)) != meta.get(k, defaults.get(k))
+        }
         if mismatched:
             raise ValueError(
                 f"{workdir} holds a different run (saved vs requested: {mismatched}); "

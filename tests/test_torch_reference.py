@@ -268,7 +268,21 @@ def test_train_vs_pytorch_quick(tmp_path):
     )
     assert out.returncode == 0, out.stderr[-3000:]
     rows = [json.loads(line) for line in out_file.read_text().splitlines()]
-    assert [(r["loss"], r["k"]) for r in rows] == [("gaussian", 1), ("adre", 2)]
+    assert [(r["loss"], r["k"], r["microbatches"]) for r in rows] == [
+        ("gaussian", 1, 1),
+        ("adre", 2, 1),
+        ("adre", 2, 2),
+    ]
     for r in rows:
         assert r["rsjax_images_per_s"] > 0 and r["torch_images_per_s"] > 0 and r["ratio"] > 0
         assert r["quick"] is True and r["batch"] == 8
+
+
+def test_train_vs_pytorch_rejects_bad_configs(capsys):
+    module = _load("train_vs_pytorch")
+    for spec in ("adre", "adre:0", "mse:2", "adre:8:3", "adre:8:1:1"):
+        with pytest.raises(SystemExit):
+            module.parse_args(["--configs", spec])
+        assert "LOSS:K[:M]" in capsys.readouterr().err
+    assert module.parse_args(["--configs", "adre:8:8"]).configs == [("adre", 8, 8)]
+    assert module.parse_args(["--configs", "gaussian:2"]).configs == [("gaussian", 2, 1)]

@@ -5,6 +5,7 @@ import json
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from rsjax import checkpoint, losses, models, sharding, train
@@ -182,3 +183,58 @@ def test_loss_options_are_checked_up_front(tmp_path):
         _fit(tmp_path / "a", images, labels, loss="adre", k=2)
     with pytest.raises(ValueError, match=r"unknown options \['lamda'\]"):
         _fit(tmp_path / "b", images, labels, loss="adre", k=2, loss_options={"lamda": 1.0})
+
+
+def _step_once(model, loss_fn, batch, **kw):
+    optimizer = optax.sgd(0.1)
+    state = train.init_state(model, jax.random.key(0), batch["image"].shape[1:], optimizer)
+    return train.make_train_step(loss_fn, optimizer, **kw)(state, batch, jax.random.key(1))
+
+
+def test_microbatches_average_the_groups_gradients():
+    images, labels = _data(8)
+    batch = {"image": jnp.asarray(images), "label": jnp.asarray(labels)}
+    model = models.make_model("lenet", num_classes=4)
+    # sigma ~ 0: every grouping sees the same inputs, so the averaged gradient must be the full one.
+    loss_fn = train.make_loss("adre", model, sigma=1e-7, k=2, lam=0.5)
+    full, full_metrics = _step_once(model, loss_fn, batch)
+    for m in (2, 4):
+        micro, metrics = _step_once(model, loss_fn, batch, microbatches=m)
+        jax.tree.map(
+            lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+            full.params,
+            micro.params,
+        )
+        np.testing.assert_allclose(metrics["loss"], full_metrics["loss"], rtol=1e-5)
+        np.testing.assert_allclose(metrics["grad_norm"], full_metrics["grad_norm"], rtol=1e-4)
+    # With real noise the groups draw their own: a different but equally valid step.
+    noisy = train.make_loss("gaussian", model, sigma=0.5, k=2)
+    a, _ = _step_once(model, noisy, batch)
+    b, _ = _step_once(model, noisy, batch, microbatches=2)
+    assert not np.allclose(a.params["Dense_0"]["kernel"], b.params["Dense_0"]["kernel"])
+
+
+def test_microbatches_refuse_batch_norm_and_ragged_groups():
+    images, labels = _data(6)
+    batch = {"image": jnp.asarray(images), "label": jnp.asarray(labels)}
+    lenet = models.make_model("lenet", num_classes=4)
+    with pytest.raises(ValueError, match="must divide the batch size 6"):
+        _step_once(
+            lenet, train.make_loss("gaussian", lenet, sigma=0.25, k=1), batch, microbatches=4
+        )
+    with pytest.raises(ValueError, match="microbatches must be an int >= 1"):
+        train.make_train_step(lambda *a: None, optax.sgd(0.1), microbatches=0)
+    resnet = models.make_model("resnet20", num_classes=4)
+    with pytest.raises(ValueError, match="batch norm"):
+        _step_once(
+            resnet, train.make_loss("gaussian", resnet, sigma=0.25, k=1), batch, microbatches=2
+        )
+
+
+def test_fit_records_microbatches_and_refuses_to_resume_without_them(tmp_path):
+    images, labels = _data()
+    _fit(tmp_path / "run", images, labels, stop_after_step=2, microbatches=2)
+    state = _fit(tmp_path / "run", images, labels, stop_after_step=3, microbatches=2)  # resumes
+    assert int(state.step) == 3
+    with pytest.raises(ValueError, match="microbatches"):
+        _fit(tmp_path / "run", images, labels, microbatches=1)
