@@ -53,7 +53,8 @@ def parse_args(argv):
     configs = []
     for spec in args.configs:
         loss, *numbers = spec.split(":")
-        numbers = numbers + ["1"] * (len(numbers) == 1)
+        if len(numbers) == 1:
+            numbers.append("1")  # M defaults to one group
         if (
             loss not in ("gaussian", "adre")
             or len(numbers) != 2

@@ -340,11 +340,8 @@ def train_loop(
         _, saved_meta = checkpoint.restore_meta(ckpt_dir, start)
         # Keys written only when not at their default (earlier runs lack them) compare as the default.
         defaults = {"microbatches": 1}
-        mismatched = {
-            k: (saved_meta.get(k, defaults.get(k)), meta.get(k, defaults.get(k)))
-            for k in set(meta) | set(defaults)
-            if saved_meta.get(k, defaults.get(k)) != meta.get(k, defaults.get(k))
-        }
+        saved, wanted = {**defaults, **saved_meta}, {**defaults, **meta}
+        mismatched = {k: (saved.get(k), v) for k, v in wanted.items() if saved.get(k) != v}
         if mismatched:
             raise ValueError(
                 f"{workdir} holds a different run (saved vs requested: {mismatched}); "
