@@ -80,16 +80,32 @@ def example_keys(key: jax.Array, idx: jax.Array, stream: int) -> jax.Array:
 
 
 def noisy_inputs(keys: jax.Array, x: jax.Array, sample_ids: jax.Array, sigma) -> jax.Array:
-    """x_i + sigma * eps_ij for every example key i and sample id j: (B, J, *x.shape[1:])."""
+    """x_i + sigma * eps_ij for every example key i and sample id j: (B, J, *x.shape[1:]).
 
-    def one_example(example_key, image):
+    sample_ids: (J,) ids shared by every example, or (B, J) ids of each example's own."""
+
+    def one_example(example_key, image, ids):
         def one_sample(j):
             eps = jax.random.normal(jax.random.fold_in(example_key, j), image.shape, image.dtype)
             return image + sigma * eps
 
-        return jax.vmap(one_sample)(sample_ids)
+        return jax.vmap(one_sample)(ids)
 
-    return jax.vmap(one_example)(keys, x)
+    ids_axis = 0 if sample_ids.ndim == 2 else None
+    return jax.vmap(one_example, in_axes=(0, 0, ids_axis))(keys, x, sample_ids)
+
+
+def _votes(logits_fn, params, keys, x, sample_ids, sigma, num_classes):
+    """argmax of logits_fn on the noisy inputs of noisy_inputs(...): (B, J) int class votes."""
+    noisy = noisy_inputs(keys, x, sample_ids, sigma)
+    batch, num_ids = noisy.shape[:2]
+    logits = logits_fn(params, noisy.reshape((batch * num_ids,) + x.shape[1:]))
+    if logits.ndim != 2 or logits.shape[-1] > num_classes:
+        raise ValueError(
+            f"the classifier returns logits of shape {logits.shape[1:]} per input but "
+            f"num_classes = {num_classes}: num_classes must be >= the model's output size"
+        )
+    return jnp.argmax(logits, axis=-1).reshape(batch, num_ids)
 
 
 @functools.partial(
@@ -102,14 +118,7 @@ def _count(key, params, x, idx, sigma, *, logits_fn, num_classes, num_samples, c
 
     def step(c, counts):
         sample_ids = c * chunk + jnp.arange(chunk, dtype=jnp.uint32)
-        noisy = noisy_inputs(keys, x, sample_ids, sigma)
-        logits = logits_fn(params, noisy.reshape((batch * chunk,) + x.shape[1:]))
-        if logits.ndim != 2 or logits.shape[-1] > num_classes:
-            raise ValueError(
-                f"the classifier returns logits of shape {logits.shape[1:]} per input but "
-                f"num_classes = {num_classes}: num_classes must be >= the model's output size"
-            )
-        votes = jnp.argmax(logits, axis=-1).reshape(batch, chunk)
+        votes = _votes(logits_fn, params, keys, x, sample_ids, sigma, num_classes)
         valid = (sample_ids < num_samples)[None, :, None]
         one_hot = (votes[..., None] == jnp.arange(num_classes)) & valid
         return counts + one_hot.sum(axis=1, dtype=jnp.int32)
@@ -169,6 +178,110 @@ def count_votes(
             logits_fn=logits_fn,
             num_classes=num_classes,
             num_samples=num_samples,
+            chunk_size=chunk_size,
+            stream=stream,
+        )
+    return np.asarray(sharding.gather(counts))[:size]
+
+
+@functools.partial(jax.jit, static_argnames=("logits_fn", "num_classes", "chunk_size", "stream"))
+def _count_rounds(
+    key, params, x, idx, start, stop, looks, sigma, *, logits_fn, num_classes, chunk_size, stream
+):
+    batch = x.shape[0]
+    keys = example_keys(key, idx, stream)
+    num_chunks = ((jnp.max(stop - start) + chunk_size - 1) // chunk_size).astype(jnp.int32)
+
+    def step(c, counts):
+        sample_ids = start[:, None] + c * chunk_size + jnp.arange(chunk_size, dtype=jnp.uint32)
+        votes = _votes(logits_fn, params, keys, x, sample_ids, sigma, num_classes)
+        valid = sample_ids < stop[:, None]
+        # draw j belongs to look interval t when looks[t-1] <= j < looks[t]
+        interval = jnp.searchsorted(looks, sample_ids, side="right")
+        by_look = (interval[..., None] == jnp.arange(looks.shape[0])) & valid[..., None]
+        by_class = votes[..., None] == jnp.arange(num_classes)
+        return counts + jnp.einsum(
+            "bjl,bjk->blk",
+            by_look.astype(jnp.int32),
+            by_class.astype(jnp.int32),
+            preferred_element_type=jnp.int32,
+        )
+
+    zeros = jnp.zeros((batch, looks.shape[0], num_classes), jnp.int32)
+    return jax.lax.fori_loop(0, num_chunks, step, zeros)
+
+
+def count_votes_in_rounds(
+    key: jax.Array,
+    logits_fn: ApplyFn,
+    params: Any,
+    x: np.ndarray,
+    idx: np.ndarray,
+    *,
+    start: np.ndarray,
+    stop: np.ndarray,
+    looks: np.ndarray,
+    sigma: float,
+    num_classes: int,
+    chunk_size: int | None = None,
+    stream: int,
+    mesh: Mesh | None = None,
+) -> np.ndarray:
+    """Class counts of the draws j in [start_i, stop_i) of each example, split by look interval.
+
+    The draws are those of `count_votes` (draw j of example i has the noise of key_ij of the module
+    docstring), so the counts of [0, n) summed over intervals equal count_votes with num_samples = n.
+    Sequential certification (rsjax.sequential) continues each example where it stopped.
+
+    Args:
+      start, stop: (B,) int draw ranges per example; an empty range (start = stop) leaves a padding
+        row, whose idx may repeat another row's.
+      looks: (L,) increasing ints with stop_i <= looks[-1]; interval t holds the draws with
+        looks[t-1] <= j < looks[t] (looks[-1] = 0 for t = 0).
+      Others as `count_votes`; the device step runs ceil(max(stop - start) / chunk_size) chunks.
+
+    Returns:
+      (B, L, num_classes) int32 numpy array.
+    """
+    mesh = sharding.batch_mesh() if mesh is None else mesh
+    chunk_size = default_chunk_size() if chunk_size is None else int(chunk_size)
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    size = x.shape[0]
+    start = np.asarray(start, np.int64)
+    stop = np.asarray(stop, np.int64)
+    looks = np.asarray(looks, np.int64)
+    if start.shape != (size,) or stop.shape != (size,):
+        raise ValueError(
+            f"start and stop must have shape ({size},), got {start.shape}, {stop.shape}"
+        )
+    if looks.ndim != 1 or looks.size == 0 or np.any(np.diff(looks) <= 0) or looks[0] < 1:
+        raise ValueError(f"looks must be increasing positive draw counts, got {looks}")
+    if np.any(start < 0) or np.any(stop < start) or np.any(stop > looks[-1]):
+        raise ValueError("draw ranges must satisfy 0 <= start <= stop <= looks[-1]")
+    if looks[-1] >= 2**32:
+        raise ValueError("at most 2^32 draws per example")
+    idx = np.asarray(idx)
+    if idx.shape != (size,) or (size and (idx.min() < 0 or idx.max() >= 2**32)):
+        raise ValueError(f"idx must hold ({size},) indices in [0, 2^32), got shape {idx.shape}")
+    x_dev, idx_dev, start_dev, stop_dev = sharding.shard_batch(
+        mesh, np.asarray(x), idx.astype(np.uint32), start.astype(np.uint32), stop.astype(np.uint32)
+    )
+    key, params, looks_dev, sigma = sharding.replicate(
+        mesh, (key, params, looks.astype(np.uint32), np.float32(sigma))
+    )
+    with jax.threefry_partitionable(False):
+        counts = _count_rounds(
+            key,
+            params,
+            x_dev,
+            idx_dev,
+            start_dev,
+            stop_dev,
+            looks_dev,
+            sigma,
+            logits_fn=logits_fn,
+            num_classes=num_classes,
             chunk_size=chunk_size,
             stream=stream,
         )
