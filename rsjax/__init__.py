@@ -3,8 +3,9 @@
 Public entry points (see each docstring for shapes, math and guarantees):
   certify, predict                       counts on the device, decisions on the host
   certify_from_counts, predict_from_counts   pure numpy over count arrays
+  sequential_certify_from_sampler        sequential CERTIFY from any sampler of class counts
   ABSTAIN                                the abstention label (-1)
-Modules: bounds, votes, sharding, models, losses, attacks, train, checkpoint, data, rawfiles,
+Modules: bounds, votes, sequential, sharding, models, losses, attacks, train, checkpoint, data, rawfiles,
 analysis, records, runs, progress; score, tweedie, empirical_bayes, walkjump (empirical Bayes).
 The certification module is rsjax.certify's functions re-exported here (`rsjax.certify` is the function).
 """
@@ -18,6 +19,7 @@ from rsjax.certify import (
     predict,
     predict_from_counts,
 )
+from rsjax.sequential import SequentialCertificate, sequential_certify_from_sampler
 
 __version__ = "0.1.0"
 
@@ -29,4 +31,6 @@ __all__ = [
     "certify_from_counts",
     "predict",
     "predict_from_counts",
+    "SequentialCertificate",
+    "sequential_certify_from_sampler",
 ]

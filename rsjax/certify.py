@@ -19,9 +19,10 @@ from typing import Any, Callable, NamedTuple, Sequence
 import jax
 import numpy as np
 
-from rsjax import bounds, votes
+from rsjax import bounds, sequential, votes
 
-ABSTAIN = -1
+ABSTAIN = sequential.ABSTAIN
+SAMPLINGS = ("fixed", "sequential")
 
 METHODS = ("cohen", "tcertify")
 ALPHA_SPLITS = ("selection", "union")
@@ -311,7 +312,7 @@ def certify(
     *,
     sigma: float,
     n0: int,
-    n: int,
+    n: int | None = None,
     alpha: float,
     num_classes: int,
     method: str = "cohen",
@@ -322,7 +323,12 @@ def certify(
     mesh=None,
     alpha_split: str = "selection",
     split_grid: Sequence[float] = DEFAULT_SPLIT_GRID,
-) -> Certificate:
+    sampling: str = "fixed",
+    n_max: int | None = None,
+    radii: Sequence[float] | None = None,
+    radius_tol: float | None = None,
+    bound: str = "union",
+):
     """CERTIFY / T-CERTIFY of the Gaussian-smoothed `logits_fn` at every image of x.
 
     Args:
@@ -338,10 +344,55 @@ def certify(
       idx: (B,) global indices of the examples (default 0..B-1): pass dataset indices so that a
         subset or a resumed run draws the same noise as a full run.
       mesh: device mesh for the example batch (default: all devices).
+      sampling: "fixed" (n estimation draws per example) or "sequential": rsjax.sequential, which
+        stops each example once `radii` (or `radius_tol`) is decided, at most n_max draws, with the
+        same 1 - alpha guarantee; `bound` picks its confidence sequence. CERTIFY only (method="cohen").
 
     Returns:
-      Certificate per example; see `certify_from_counts` for the guarantee.
+      Certificate per example (sampling="fixed"; see `certify_from_counts` for the guarantee), or a
+      sequential.SequentialCertificate of arrays with num_samples per example (sampling="sequential").
     """
+    if sampling not in SAMPLINGS:
+        raise ValueError(f"sampling must be one of {SAMPLINGS}, got {sampling!r}")
+    if sampling == "sequential":
+        if n is not None:
+            raise ValueError("sequential sampling draws up to n_max: give n_max=..., not n")
+        if method != "cohen":
+            raise ValueError(
+                f"sequential sampling implements CERTIFY (method='cohen'), not {method!r}"
+            )
+        if n_max is None:
+            raise ValueError(
+                "sequential sampling needs n_max, the most estimation draws per example"
+            )
+        plan = sequential.make_plan(
+            sigma=sigma,
+            alpha=alpha,
+            n0=n0,
+            n_max=n_max,
+            radii=radii,
+            radius_tol=radius_tol,
+            bound=bound,
+        )
+        x = check_images(x)
+        idx = votes.check_indices(np.arange(x.shape[0]) if idx is None else idx, x.shape[0])
+        apply_fn, params = _as_apply(logits_fn, params)
+        return sequential.run_slots(
+            key,
+            apply_fn,
+            params,
+            x,
+            idx,
+            plan,
+            num_classes=int(num_classes),
+            chunk_size=chunk_size,
+            batch_size=batch_size,
+            mesh=mesh,
+        )
+    if n is None:
+        raise ValueError("fixed sampling needs n, the estimation draws per example")
+    if n_max is not None or radii is not None or radius_tol is not None:
+        raise ValueError("n_max, radii and radius_tol belong to sampling='sequential'")
     n0 = _check_samples("n0", n0)
     draw = _make_drawer(
         key,
