@@ -38,8 +38,30 @@ def main(argv=None):
     p.add_argument("--n", type=int, default=100_000)
     p.add_argument("--alpha", type=float, default=0.001)
     p.add_argument(
-        "--methods", nargs="+", default=["cohen", "tcertify"], choices=["cohen", "tcertify"]
+        "--methods",
+        nargs="+",
+        default=None,
+        choices=["cohen", "tcertify"],
+        help="default: cohen and tcertify (fixed n), cohen (--sequential)",
     )
+    p.add_argument(
+        "--sequential",
+        action="store_true",
+        help="sequential CERTIFY (rsjax.sequential): stop each image once --radii (or --radius-tol) "
+        "is decided, at most --n-max draws; writes sequential.tsv with a num_samples column",
+    )
+    p.add_argument("--n-max", type=int, default=100_000, help="--sequential: most estimation draws")
+    p.add_argument(
+        "--radii",
+        type=float,
+        nargs="+",
+        default=None,
+        help="--sequential goal: the radii to decide (default 0 0.25 ... 2.0)",
+    )
+    p.add_argument(
+        "--radius-tol", type=float, default=None, help="--sequential goal instead of --radii"
+    )
+    p.add_argument("--bound", default="union", choices=["union", "mixture"])
     p.add_argument("--alpha-split", default="selection", choices=["selection", "union"])
     p.add_argument("--skip", type=int, default=1, help="certify every skip-th example")
     p.add_argument("--max", type=int, default=-1, help="stop before this index (-1: no limit)")
@@ -72,6 +94,14 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.skip < 1:
         p.error("--skip must be >= 1")
+    if args.sequential:
+        if args.methods not in (None, ["cohen"]):
+            p.error("--sequential implements CERTIFY only (--methods cohen)")
+        if args.radii is None and args.radius_tol is None:
+            args.radii = [0.25 * i for i in range(9)]
+    elif args.radii is not None or args.radius_tol is not None:
+        p.error("--radii and --radius-tol belong to --sequential")
+    args.methods = args.methods or ["cohen", "tcertify"]
 
     ckpt_dir = pathlib.Path(args.workdir) / "checkpoints"
     if args.denoiser:
@@ -122,33 +152,14 @@ def main(argv=None):
     indices = np.arange(0, stop, args.skip)
     digest = checkpoint.digest(variables)
     outdir = pathlib.Path(args.outdir)
-    runs.certify_dataset(
-        jax.random.key(args.seed),
-        logits_fn,
-        variables,
-        split.images,
-        split.labels,
-        indices,
-        outputs={m: outdir / f"{m}.tsv" for m in args.methods},
+    common = dict(
         sigma=sigma,
         n0=args.n0,
-        n=args.n,
         alpha=args.alpha,
         num_classes=meta["num_classes"],
         chunk_size=args.chunk_size,
         batch_size=args.batch_size,
-        alpha_split=args.alpha_split,
-        settings={
-            "dataset": dataset,
-            "split": args.split,
-            "skip": args.skip,
-            "max": args.max,
-            "seed": args.seed,
-            "params_sha256": digest,
-            # only when used, so runs certified before these options existed still resume
-            **({"denoiser": meta["denoiser"]} if meta.get("denoiser") else {}),
-            **({"walk_jump": walk} if walk else {}),
-        },
+        settings=settings(args, dataset, digest, meta, walk),
         sidecar={
             "checkpoint": str(ckpt_dir.resolve()),
             "checkpoint_step": step,
@@ -157,7 +168,49 @@ def main(argv=None):
             **records.environment(),
         },
     )
+    data_args = (
+        jax.random.key(args.seed),
+        logits_fn,
+        variables,
+        split.images,
+        split.labels,
+        indices,
+    )
+    if args.sequential:
+        path = runs.certify_dataset_sequential(
+            *data_args,
+            output=outdir / "sequential.tsv",
+            n_max=args.n_max,
+            radii=args.radii,
+            radius_tol=args.radius_tol,
+            bound=args.bound,
+            **common,
+        )
+        print(f"wrote {path}")
+        return
+    runs.certify_dataset(
+        *data_args,
+        outputs={m: outdir / f"{m}.tsv" for m in args.methods},
+        n=args.n,
+        alpha_split=args.alpha_split,
+        **common,
+    )
     print(f"wrote {', '.join(str(outdir / f'{m}.tsv') for m in args.methods)}")
+
+
+def settings(args, dataset, digest, meta, walk) -> dict:
+    """What must match for a resume."""
+    return {
+        "dataset": dataset,
+        "split": args.split,
+        "skip": args.skip,
+        "max": args.max,
+        "seed": args.seed,
+        "params_sha256": digest,
+        # only when used, so runs certified before these options existed still resume
+        **({"denoiser": meta["denoiser"]} if meta.get("denoiser") else {}),
+        **({"walk_jump": walk} if walk else {}),
+    }
 
 
 if __name__ == "__main__":

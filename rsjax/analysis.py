@@ -58,6 +58,8 @@ class CertResults(NamedTuple):
       radius: float64[N], the certified l2 radius in [0,1] pixel units (0 for abstains).
       correct: bool[N], whether that row's prediction is the label.
       time: float64[N], seconds spent certifying the example.
+      num_samples: int64[N], noise draws used (n0 included), from the seventh column that sequential
+        certification writes; None for files without it.
     """
 
     idx: np.ndarray
@@ -66,6 +68,7 @@ class CertResults(NamedTuple):
     radius: np.ndarray
     correct: np.ndarray
     time: np.ndarray
+    num_samples: np.ndarray | None = None
 
 
 def parse_time(text: str) -> float:
@@ -135,13 +138,19 @@ def read_tsv(path: str | os.PathLike) -> CertResults:
     parsers = {"idx": int, "label": int, "predict": int, "radius": float}
     parsers |= {"correct": _parse_correct, "time": parse_time}
     columns: dict[str, list] = {c: [] for c in COLUMNS}
+    wanted = COLUMNS
+    if "num_samples" in header:
+        wanted = COLUMNS + ("num_samples",)
+        where["num_samples"] = header.index("num_samples")
+        parsers["num_samples"] = int
+        columns["num_samples"] = []
     for lineno, line in numbered[1:]:
         fields = line.split("\t")
         if len(fields) != len(header):
             raise ValueError(
                 f"{path}:{lineno}: expected {len(header)} tab-separated fields, got {len(fields)}"
             )
-        for c in COLUMNS:
+        for c in wanted:
             try:
                 columns[c].append(parsers[c](fields[where[c]].strip()))
             except ValueError as e:
@@ -154,6 +163,9 @@ def read_tsv(path: str | os.PathLike) -> CertResults:
         radius=np.asarray(columns["radius"], dtype=np.float64),
         correct=np.asarray(columns["correct"], dtype=bool),
         time=np.asarray(columns["time"], dtype=np.float64),
+        num_samples=(
+            np.asarray(columns["num_samples"], dtype=np.int64) if "num_samples" in columns else None
+        ),
     )
     bad = np.flatnonzero(results.correct != (results.predict == results.label))
     if bad.size:
@@ -218,7 +230,9 @@ def summarize(results: CertResults, radii=DEFAULT_RADII) -> dict:
     Keys: ``n`` (rows), ``certified_accuracy`` ({r: acc(r)} for r in ``radii``), ``acr``,
     ``abstain_rate`` (fraction with predict = -1), ``clean_accuracy`` (fraction with
     predict = label: the smoothed classifier's accuracy on clean inputs, acc(0) for a consistent
-    file), ``mean_time_s`` and ``total_time_s``.
+    file), ``mean_time_s`` and ``total_time_s``; for files with a ``num_samples`` column (sequential
+    certification) also ``mean_samples``, ``median_samples`` and ``total_samples`` (noise draws per
+    example, n0 included).
     """
     n = _check_nonempty(results)
     radii = [float(r) for r in np.atleast_1d(np.asarray(radii, dtype=np.float64))]
@@ -232,6 +246,19 @@ def summarize(results: CertResults, radii=DEFAULT_RADII) -> dict:
         "clean_accuracy": float(np.mean(predict == label)),
         "mean_time_s": float(np.mean(results.time)),
         "total_time_s": float(np.sum(results.time)),
+        **sample_counts(results),
+    }
+
+
+def sample_counts(results: CertResults) -> dict:
+    """``mean_samples``, ``median_samples``, ``total_samples`` of a sequential run ({} otherwise)."""
+    if results.num_samples is None:
+        return {}
+    used = np.asarray(results.num_samples, dtype=np.int64)
+    return {
+        "mean_samples": float(used.mean()),
+        "median_samples": float(np.median(used)),
+        "total_samples": int(used.sum()),
     }
 
 
@@ -379,3 +406,52 @@ def save_image_grid(images, path: str | os.PathLike, *, title: str | None = None
     if title:
         figure.suptitle(title, fontsize=8)
     FigureCanvasAgg(figure).print_png(os.fspath(path))
+
+
+def compare_sequential(
+    fixed: CertResults, sequential: CertResults, radii=DEFAULT_RADII, fixed_samples=None
+) -> dict:
+    """Fixed-n against sequential certification of the same images, as a JSON-ready dict.
+
+    Keys: ``n``; ``certified_accuracy`` {"fixed": {r: acc}, "sequential": {r: acc}}; ``worst_gap``
+    (sequential minus fixed certified accuracy at the radius where they differ most, in accuracy
+    units: -0.01 is one point fewer); ``acr`` of both; ``mean_samples`` and ``median_samples`` of the
+    sequential run, ``fixed_samples`` (n0 + n per image of the fixed run, if given) and
+    ``sample_ratio`` = fixed_samples / mean_samples; ``time_s`` of both (sums of the ``time``
+    columns) and their ratio. Raises ValueError unless both files hold the same indices in order and
+    the sequential file has a num_samples column.
+    """
+    if sequential.num_samples is None:
+        raise ValueError("the sequential results have no num_samples column")
+    if fixed.idx.shape != sequential.idx.shape or np.any(fixed.idx != sequential.idx):
+        raise ValueError(
+            "fixed and sequential results must hold the same indices in the same order"
+        )
+    radii = [float(r) for r in np.atleast_1d(np.asarray(radii, dtype=np.float64))]
+    acc_fixed = certified_accuracy(fixed, radii)
+    acc_seq = certified_accuracy(sequential, radii)
+    gap = acc_seq - acc_fixed
+    counts = sample_counts(sequential)
+    out = {
+        "n": int(fixed.idx.size),
+        "certified_accuracy": {
+            "fixed": {r: float(a) for r, a in zip(radii, acc_fixed, strict=True)},
+            "sequential": {r: float(a) for r, a in zip(radii, acc_seq, strict=True)},
+        },
+        "worst_gap": float(gap[np.argmax(np.abs(gap))]),
+        "acr": {
+            "fixed": average_certified_radius(fixed),
+            "sequential": average_certified_radius(sequential),
+        },
+        "mean_samples": counts["mean_samples"],
+        "median_samples": counts["median_samples"],
+        "time_s": {
+            "fixed": float(np.sum(fixed.time)),
+            "sequential": float(np.sum(sequential.time)),
+        },
+    }
+    out["time_ratio"] = out["time_s"]["fixed"] / out["time_s"]["sequential"]
+    if fixed_samples is not None:
+        out["fixed_samples"] = int(fixed_samples)
+        out["sample_ratio"] = fixed_samples / counts["mean_samples"]
+    return out

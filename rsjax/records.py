@@ -1,14 +1,17 @@
 """Run records: the certification TSV (resumable, append-only), JSON sidecars, and the environment.
 
 The TSV is the de facto standard of Cohen et al.'s code: header `idx label predict radius correct
-time`, one row per example, radius to 3 significant digits, predict -1 for abstain, time in seconds.
+time`, one row per example, radius to 3 significant digits rounded down (never above the certified
+radius), predict -1 for abstain, time in seconds.
 Rows are appended and flushed per example batch. A rerun with the same settings keeps every complete
 row, drops a torn last line (a kill in the middle of a write), and continues after the last index
 written, so the finished file has the rows of an uninterrupted run, none lost or duplicated (only the
 `time` column, a wall-clock measurement, differs between any two runs).
 """
 
+import decimal
 import json
+import math
 import os
 import pathlib
 import platform
@@ -20,6 +23,8 @@ from typing import Iterable
 import jax
 
 HEADER = ("idx", "label", "predict", "radius", "correct", "time")
+# Sequential certification adds the noise draws each example used (n0 included) as a seventh column.
+SEQUENTIAL_HEADER = HEADER + ("num_samples",)
 PACKAGES = (
     "rsjax",
     "jax",
@@ -118,30 +123,54 @@ def append_result(path, row: dict, env: dict) -> dict:
     return row
 
 
-def format_row(idx: int, label: int, predict: int, radius: float, correct: int, seconds: float):
-    return f"{idx}\t{label}\t{predict}\t{radius:.3g}\t{correct}\t{seconds:.4f}\n"
+def format_radius(radius: float) -> str:
+    """The radius to 3 significant digits, rounded down: the written radius never exceeds the
+    certified one (nearest rounding would write 0.2496 as 0.25 and certify it at r = 0.25)."""
+    text = f"{radius:.3g}"
+    if not (radius > 0 and math.isfinite(radius)) or float(text) <= radius:
+        return text
+    value = decimal.Decimal(text)
+    lower = value - decimal.Decimal(1).scaleb(value.adjusted() - 2)
+    if lower.adjusted() < value.adjusted():  # 1.00 -> 0.999, not 0.99
+        lower = value - decimal.Decimal(1).scaleb(lower.adjusted() - 2)
+    return f"{float(lower):.3g}"
+
+
+def format_row(
+    idx: int,
+    label: int,
+    predict: int,
+    radius: float,
+    correct: int,
+    seconds: float,
+    num_samples: int | None = None,
+):
+    row = f"{idx}\t{label}\t{predict}\t{format_radius(radius)}\t{correct}\t{seconds:.4f}"
+    return row + ("\n" if num_samples is None else f"\t{num_samples}\n")
 
 
 class CertificationTSV:
     """An append-only certification TSV that resumes.
 
     tsv = CertificationTSV(path, settings)   # settings: what must match for a resume (JSON-able)
+    CertificationTSV(path, settings, header=SEQUENTIAL_HEADER)  # sequential: rows add num_samples
     tsv.done                                  # indices already written, in order
     tsv.append(rows)                          # rows: iterable of format_row arguments
     A file written with other settings is never touched: that raises ValueError.
     """
 
-    def __init__(self, path, settings: dict):
+    def __init__(self, path, settings: dict, header: tuple[str, ...] = HEADER):
+        self.header = tuple(header)
         self.path = check_writable(path)
         self.sidecar = self.path.with_name(self.path.name + ".json")
         self.settings = json.loads(json.dumps(settings))
         self.done: list[int] = []
-        if self.path.exists() and self.path.stat().st_size > len("\t".join(HEADER)) + 1:
+        if self.path.exists() and self.path.stat().st_size > len("\t".join(self.header)) + 1:
             self._resume()
         else:  # settings first, so that a file with rows always has the settings beside it
             self.write_sidecar({})
             with open(self.path, "w") as f:
-                f.write("\t".join(HEADER) + "\n")
+                f.write("\t".join(self.header) + "\n")
 
     def _resume(self):
         previous = {}
@@ -157,8 +186,8 @@ class CertificationTSV:
             )
         text = self.path.read_text()
         lines = text.split("\n")
-        if lines[0].split("\t") != list(HEADER):
-            raise ValueError(f"{self.path} does not start with the header {' '.join(HEADER)}")
+        if lines[0].split("\t") != list(self.header):
+            raise ValueError(f"{self.path} does not start with the header {' '.join(self.header)}")
         complete = lines[1:-1]  # the last element is '' after a final newline, or a torn line
         if lines[-1]:
             with open(self.path, "w") as f:  # drop the torn last line, keep every complete row

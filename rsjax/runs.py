@@ -12,7 +12,7 @@ from typing import Any, Callable, Mapping, Sequence
 import jax
 import numpy as np
 
-from rsjax import bounds, progress, records, sharding, votes
+from rsjax import bounds, progress, records, sequential, sharding, votes
 from rsjax.certify import METHODS, certify_from_counts, check_images
 
 
@@ -136,3 +136,127 @@ def _consistent_prefix(tsvs, indices) -> int:
             tsv.path.write_text("\n".join(lines[: 1 + done]) + "\n")
             tsv.done = tsv.done[:done]
     return done
+
+
+def certify_dataset_sequential(
+    key: jax.Array,
+    logits_fn: Callable,
+    params: Any,
+    images: np.ndarray,
+    labels: np.ndarray,
+    indices: Sequence[int],
+    *,
+    output: str,
+    sigma: float,
+    n0: int,
+    n_max: int,
+    alpha: float,
+    num_classes: int,
+    radii: Sequence[float] | None = None,
+    radius_tol: float | None = None,
+    bound: str = "union",
+    chunk_size: int | None = None,
+    batch_size: int = 8,
+    settings: dict | None = None,
+    sidecar: dict | None = None,
+    mesh=None,
+    show_progress: bool = True,
+) -> str:
+    """Sequential CERTIFY (rsjax.sequential) of images[indices] into one resumable TSV.
+
+    The TSV has Cohen's six columns and `num_samples` (noise draws used, n0 included) as a seventh;
+    `time` is the example's share of the device time (its seconds in a slot / batch_size). Images
+    stop in any order; rows are written in the order of `indices` as soon as every earlier image has
+    stopped, so a killed run resumes after its last written row and, since each draw's noise depends
+    only on (key, index, draw), finishes with the rows of an uninterrupted run. The sidecar records
+    the procedure (bound, looks, their levels, the goal); a resume with other settings is refused.
+
+    Args as `certify_dataset`, with n_max, radii / radius_tol and bound as in
+    rsjax.sequential.make_plan, and one output path. Returns the TSV's path.
+    """
+    plan = sequential.make_plan(
+        sigma=sigma,
+        alpha=alpha,
+        n0=n0,
+        n_max=n_max,
+        radii=radii,
+        radius_tol=radius_tol,
+        bound=bound,
+    )
+    indices = [int(i) for i in indices]
+    tsv = None
+    if sharding.is_primary():
+        meta = dict(settings or {}, sigma=plan.sigma, n0=plan.n0, alpha=plan.alpha, indices=indices)
+        meta.update(method="cohen", **plan.describe())
+        tsv = records.CertificationTSV(output, meta, header=records.SEQUENTIAL_HEADER)
+        if tsv.done != indices[: len(tsv.done)]:
+            raise ValueError(f"{tsv.path} holds rows for other indices than requested")
+    done = len(tsv.done) if tsv else 0
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        done = int(multihost_utils.broadcast_one_to_all(np.int32(done)))
+    todo = np.asarray(indices[done:], dtype=np.int64)
+    bar = (
+        progress.Progress(len(indices), "certify", unit="img", done=done)
+        if show_progress and tsv
+        else None
+    )
+    stopped: dict[int, tuple] = {}
+    written = 0
+    finished = 0
+    used = 0
+    t_start = time.perf_counter()
+
+    def on_stop(position, cert, seconds):
+        nonlocal written, used, finished
+        i = int(todo[position])
+        label = int(labels[i])
+        stopped[position] = (
+            i,
+            label,
+            cert.prediction,
+            cert.radius,
+            int(cert.prediction == label),
+            seconds / batch_size,
+            cert.num_samples,
+        )
+        used += cert.num_samples
+        finished += 1
+        ready = []
+        while written in stopped:
+            ready.append(stopped.pop(written))
+            written += 1
+        if tsv and ready:
+            tsv.append(ready)
+        if bar:
+            rate = used / (time.perf_counter() - t_start)
+            bar.update(1, extra=f"{rate:,.0f} noise samples/s, {used / finished:,.0f} per img")
+
+    x = check_images(images[todo]) if len(todo) else np.zeros((0,) + images.shape[1:], np.float32)
+    sequential.run_slots(
+        key,
+        logits_fn,
+        params,
+        x,
+        votes.check_indices(todo, len(todo)),
+        plan,
+        num_classes=num_classes,
+        chunk_size=chunk_size,
+        batch_size=batch_size,
+        mesh=mesh,
+        on_stop=on_stop,
+    )
+    wall = time.perf_counter() - t_start
+    if tsv:
+        tsv.write_sidecar(
+            dict(
+                sidecar or {},
+                examples_done=len(tsv.done),
+                complete=len(tsv.done) == len(indices),
+                last_session_wall_s=wall,
+                last_session_noise_samples=used,
+                last_session_noise_samples_per_s=used / wall if wall else None,
+            )
+        )
+    return str(output)

@@ -291,3 +291,29 @@ def test_compare_to_margins_counts_radii_beyond_the_margin():
     np.testing.assert_allclose(s["acr"], (0.7 + 0.1 + 0.6) / 4)
     assert s["both_correct"] == 2 and s["beyond_margin"] == 0.5
     np.testing.assert_allclose([s["median_margin_both"], s["median_radius_both"]], [0.35, 0.4])
+
+
+def test_sequential_columns_and_comparison(tmp_path):
+    head = "idx\tlabel\tpredict\tradius\tcorrect\ttime"
+    fixed = tmp_path / "fixed.tsv"
+    fixed.write_text(f"{head}\n0\t1\t1\t0.5\t1\t1.0\n1\t2\t2\t0.3\t1\t1.0\n2\t0\t-1\t0\t0\t1.0\n")
+    seq = tmp_path / "seq.tsv"
+    seq.write_text(
+        f"{head}\tnum_samples\n0\t1\t1\t0.49\t1\t0.1\t1300\n1\t2\t2\t0.3\t1\t0.2\t900\n"
+        "2\t0\t-1\t0\t0\t0.1\t300\n"
+    )
+    a, b = analysis.read_tsv(fixed), analysis.read_tsv(seq)
+    assert a.num_samples is None and list(b.num_samples) == [1300, 900, 300]
+    summary = analysis.summarize(b, (0.0, 0.5))
+    assert summary["mean_samples"] == pytest.approx(2500 / 3) and summary["median_samples"] == 900
+    assert "mean_samples" not in analysis.summarize(a, (0.0,))
+    cmp = analysis.compare_sequential(a, b, (0.0, 0.25, 0.5), fixed_samples=100_100)
+    assert cmp["certified_accuracy"]["fixed"][0.5] == pytest.approx(1 / 3)
+    assert cmp["certified_accuracy"]["sequential"][0.5] == 0.0
+    assert cmp["worst_gap"] == pytest.approx(-1 / 3)
+    assert cmp["sample_ratio"] == pytest.approx(100_100 / (2500 / 3))
+    assert cmp["time_ratio"] == pytest.approx(3.0 / 0.4)
+    with pytest.raises(ValueError, match="no num_samples column"):
+        analysis.compare_sequential(a, a)
+    with pytest.raises(ValueError, match="same indices"):
+        analysis.compare_sequential(a, b._replace(idx=b.idx[::-1]))

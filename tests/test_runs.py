@@ -223,3 +223,115 @@ def test_script_missing_checkpoint(tmp_path):
         timeout=120,
     )
     assert out.returncode != 0 and "no checkpoint directory" in out.stderr
+
+
+# --------------------------------------------------------------------------------------------------
+# Sequential certification runs (rsjax.runs.certify_dataset_sequential)
+
+SEQ = dict(
+    sigma=0.25,
+    n0=20,
+    n_max=600,
+    alpha=0.01,
+    num_classes=2,
+    radii=(0.0, 0.1, 0.2, 0.3),
+    chunk_size=32,
+    batch_size=4,
+    show_progress=False,
+)
+
+
+def _run_sequential(path, indices, **kw):
+    return runs.certify_dataset_sequential(
+        jax.random.key(7),
+        _logits_fn,
+        PARAMS,
+        IMAGES,
+        LABELS,
+        indices,
+        output=path,
+        **{**SEQ, **kw},
+    )
+
+
+def _seq_rows(path):
+    lines = open(path).read().split("\n")
+    assert lines[0] == "idx\tlabel\tpredict\tradius\tcorrect\ttime\tnum_samples"
+    return [line.split("\t")[:5] + line.split("\t")[6:] for line in lines[1:] if line]
+
+
+def test_sequential_tsv_has_num_samples_and_the_procedure(tmp_path):
+    indices = list(range(0, 30, 2))
+    path = _run_sequential(tmp_path / "seq.tsv", indices)
+    rows = _seq_rows(path)
+    assert [int(r[0]) for r in rows] == indices  # in the order asked, whatever the stopping order
+    used = [int(r[5]) for r in rows]
+    assert all(20 < u <= 620 for u in used) and len(set(used)) > 1
+    results = read_tsv(path)
+    assert list(results.num_samples) == used
+    sidecar = records.json.loads(open(str(path) + ".json").read())
+    settings = sidecar["settings"]
+    assert settings["procedure"] == "sequential" and settings["bound"] == "union"
+    assert settings["looks"][-1] == 600 and sum(settings["alphas"]) == pytest.approx(0.01)
+    assert settings["radii"] == [0.0, 0.1, 0.2, 0.3] and sidecar["complete"]
+    assert sidecar["last_session_noise_samples"] == sum(used)
+
+
+def test_sequential_resume_equals_uninterrupted_and_refuses_other_settings(tmp_path):
+    indices = list(range(0, 30, 2))
+    full = _seq_rows(_run_sequential(tmp_path / "full.tsv", indices))
+    part = tmp_path / "part.tsv"
+    _run_sequential(part, indices)
+    lines = part.read_text().split("\n")
+    part.write_text("\n".join(lines[:6]) + "\n" + lines[6][:5])  # 5 rows and a torn one
+    assert len(_seq_rows(part)) == 6  # the torn line counts as a row until the resume drops it
+    _run_sequential(part, indices, batch_size=3, chunk_size=50)  # the noise does not depend on them
+    assert _seq_rows(part) == full
+    before = part.read_text()
+    for other in (dict(n_max=700), dict(radii=(0.0, 0.2)), dict(bound="mixture")):
+        with pytest.raises(ValueError, match="other settings"):
+            _run_sequential(part, indices, **other)
+        assert part.read_text() == before
+
+
+def test_sequential_run_rejects_bad_goals(tmp_path):
+    with pytest.raises(ValueError, match="exactly one stopping goal"):
+        _run_sequential(tmp_path / "x.tsv", [0], radius_tol=0.1)
+    with pytest.raises(ValueError, match="n_max = 10 must be >= n0 = 20"):
+        _run_sequential(tmp_path / "x.tsv", [0], n_max=10)
+    assert not (tmp_path / "x.tsv").exists()
+
+
+def test_sequential_script(trained_workdir, tmp_path):
+    cmd = _certify_cmd(trained_workdir, tmp_path / "s")
+    cmd = [c for c in cmd if c not in ("--n", "2000")]
+    out = subprocess.run(
+        [*cmd, "--sequential", "--n-max", "2000", "--radii", "0", "0.25", "0.5"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr
+    results = read_tsv(tmp_path / "s" / "sequential.tsv")
+    assert list(results.idx) == list(range(0, 200, 5))
+    assert results.num_samples.max() <= 2050 and results.num_samples.min() >= 150
+    bad = subprocess.run(
+        [*cmd, "--sequential", "--methods", "tcertify"], cwd=REPO, capture_output=True, text=True
+    )
+    assert bad.returncode != 0 and "CERTIFY only" in bad.stderr
+    bad = subprocess.run([*cmd, "--radius-tol", "0.1"], cwd=REPO, capture_output=True, text=True)
+    assert bad.returncode != 0 and "belong to --sequential" in bad.stderr
+
+
+def test_radius_is_written_rounded_down():
+    assert records.format_radius(0.2496) == "0.249"
+    assert records.format_radius(0.25) == "0.25"
+    assert records.format_radius(0.99961) == "0.999"
+    assert records.format_radius(1.2345) == "1.23"
+    assert records.format_radius(0.0) == "0"
+    rng = np.random.default_rng(0)
+    for r in np.concatenate([rng.uniform(0, 4, 2000), 10.0 ** rng.uniform(-4, 1, 2000)]):
+        written = float(records.format_radius(float(r)))
+        assert written <= r
+        assert r - written < 10.0 ** (np.floor(np.log10(r)) - 2) * 1.000001
