@@ -22,14 +22,26 @@ from rsjax import bounds, records, sequential
 
 DEFAULT_OUT = "benchmarks/results/sequential_bounds.jsonl"
 PAS = (1.0, 0.99999, 0.9999, 0.999, 0.99, 0.95, 0.9, 0.8, 0.7, 0.6, 0.55, 0.5, 0.3)
-CONSTRUCTIONS = (("union", "half_final"), ("union", "equal"), ("mixture", "half_final"))
+# (bound, spending, schedule, growth of the geometric looks)
+CONSTRUCTIONS = (
+    ("union", "half_final", "radii", 2.0),
+    ("union", "half_final", "geometric", 2.0),
+    ("union", "half_final", "radii", 1.5),
+    ("union", "equal", "radii", 2.0),
+    ("mixture", "half_final", "radii", 2.0),
+)
 
 
-def simulate(plan, pa, trials, rng):
-    """(k0, k_looks) for `trials` images whose candidate has vote probability pa."""
-    k0 = rng.binomial(plan.n0, pa, size=trials)
-    steps = np.diff(np.concatenate([[0], plan.looks]))
+def simulate(n0, looks, pa, trials, rng):
+    """(k0, k_looks) for `trials` images whose candidate has vote probability pa: cumulative votes
+    for it among the first looks[t] estimation draws."""
+    k0 = rng.binomial(n0, pa, size=trials)
+    steps = np.diff(np.concatenate([[0], looks]))
     return k0, np.cumsum(rng.binomial(steps[None, :], pa, size=(trials, len(steps))), axis=1)
+
+
+def construction_name(bound, spending, schedule, growth):
+    return f"{bound}/{spending}/{schedule}" + ("" if growth == 2.0 else f"/growth {growth}")
 
 
 def main(argv=None):
@@ -49,24 +61,30 @@ def main(argv=None):
     print("| sigma | pA | construction | mean samples | saving vs fixed | worst gap in certified |")
     print("|---:|---:|---|---:|---:|---:|")
     for sigma in args.sigma:
+        plans = {
+            c: sequential.make_plan(
+                sigma=sigma,
+                alpha=alpha,
+                n0=n0,
+                n_max=args.n_max,
+                radii=radii,
+                bound=c[0],
+                spending=c[1],
+                schedule=c[2],
+                growth=c[3],
+            )
+            for c in CONSTRUCTIONS
+        }
+        # every plan's looks are columns of one simulation: the same draws for all constructions
+        all_looks = np.unique(np.concatenate([plan.looks for plan in plans.values()]))
         for pa in pas:
             rng = np.random.default_rng(0)
-            base = sequential.make_plan(
-                sigma=sigma, alpha=alpha, n0=n0, n_max=args.n_max, radii=radii
-            )
-            k0, k_looks = simulate(base, pa, trials, rng)
-            fixed_lower = bounds.clopper_pearson_lower(k_looks[:, -1], args.n_max, alpha)
+            k0, k_all = simulate(n0, all_looks, pa, trials, rng)
+            fixed_lower = bounds.clopper_pearson_lower(k_all[:, -1], args.n_max, alpha)
+            base = plans[CONSTRUCTIONS[0]]
             fixed = sequential.finish(base, np.zeros(trials, int), fixed_lower)[1]
-            for bound, spending in CONSTRUCTIONS:
-                plan = sequential.make_plan(
-                    sigma=sigma,
-                    alpha=alpha,
-                    n0=n0,
-                    n_max=args.n_max,
-                    radii=radii,
-                    bound=bound,
-                    spending=spending,
-                )
+            for construction, plan in plans.items():
+                k_looks = k_all[:, np.searchsorted(all_looks, plan.looks)]
                 cert = sequential.certify_from_look_counts(plan, np.zeros(trials, int), k0, k_looks)
                 grid = np.asarray(radii)
                 seq_frac = ((cert.prediction[:, None] == 0) & (cert.radius[:, None] >= grid)).mean(
@@ -76,7 +94,7 @@ def main(argv=None):
                 gap = seq_frac - fix_frac
                 worst = float(gap[np.argmax(np.abs(gap))])
                 mean = float(cert.num_samples.mean())
-                name = f"{bound}/{spending}"
+                name = construction_name(*construction)
                 print(
                     f"| {sigma} | {pa} | {name} | {mean:,.0f} | "
                     f"{(n0 + args.n_max) / mean:.1f}x | {worst:+.3f} |"
@@ -88,6 +106,7 @@ def main(argv=None):
                         sigma=sigma,
                         pa=pa,
                         construction=name,
+                        looks=list(plan.looks),
                         trials=trials,
                         n0=n0,
                         n_max=args.n_max,

@@ -112,6 +112,49 @@ def test_union_bound_levels_sum_to_alpha():
     assert sequential.geometric_looks(50) == (50,)
 
 
+@pytest.mark.parametrize("sigma", [0.25, 0.5, 1.0])
+def test_radius_looks_stop_an_image_with_every_vote_for_ca_where_it_first_certifies(sigma):
+    """With schedule="radii", an image whose every draw votes cA stops at the first draw count where
+    the bound of its look certifies the largest grid radius n_max can reach, not at the next
+    geometric look; the same image with the geometric looks only needs at least as many draws."""
+    grid = tuple(np.arange(0, 2.01, 0.25))
+    common = dict(sigma=sigma, alpha=1e-3, n0=100, n_max=100_000, radii=grid)
+    plan = sequential.make_plan(**common)
+    geometric = sequential.make_plan(**common, schedule="geometric")
+    assert set(geometric.looks) < set(plan.looks)
+    assert geometric.looks == sequential.geometric_looks(100_000)
+
+    def all_votes(p):
+        looks = np.asarray(p.looks)
+        return sequential.certify_from_look_counts(p, np.array([0]), np.array([100]), looks[None])
+
+    cert, cert_geometric = all_votes(plan), all_votes(geometric)
+    t = plan.looks.index(cert.num_samples[0] - 100)
+    reached = max(r for r in grid if r <= cert.radius[0])
+    assert t < len(plan.looks) - 1 and reached > 0
+    # certified at this look, not at the one before (the look is needed), and no larger grid radius
+    # could be certified by any later look
+    before = rsjax.bounds.clopper_pearson_lower(
+        plan.looks[t - 1], plan.looks[t - 1], plan.alphas[0]
+    )
+    assert sigma * stats.norm.ppf(before) < reached
+    final = rsjax.bounds.clopper_pearson_lower(100_000, 100_000, plan.alphas[-1])
+    assert all(r <= reached or sigma * stats.norm.ppf(final) < r for r in grid)
+    assert cert.num_samples[0] <= cert_geometric.num_samples[0]
+    assert cert.radius[0] >= reached and cert_geometric.radius[0] >= reached
+
+
+def test_radius_looks_are_fixed_by_the_settings_alone():
+    looks = sequential.geometric_looks(100_000)
+    a = sequential.radius_looks(looks, (1.0, 1.75), sigma=0.5, alpha=1e-3)
+    assert a == sequential.radius_looks(looks, (1.0, 1.75), sigma=0.5, alpha=1e-3)
+    assert set(looks) <= set(a) and len(a) == len(looks) + 2 and a[-1] == 100_000
+    # a radius certified before the first look, or by no number of draws below n_max, adds no look
+    assert sequential.radius_looks(looks, (0.1, 3.0), sigma=0.25, alpha=1e-3) == looks
+    with pytest.raises(ValueError, match="schedule"):
+        sequential.make_plan(sigma=0.5, alpha=1e-3, n0=100, n_max=1000, radii=(0.5,), schedule="x")
+
+
 def test_mixture_bounds_are_a_confidence_sequence_and_contain_the_estimate():
     k = np.array([0, 3, 50, 99, 100])
     lower, upper = sequential.mixture_bounds(k, 100, 0.05, k0=np.array([0, 5, 50, 95, 100]), n0=100)
