@@ -147,6 +147,8 @@ def fit(key, workdir, config: dict, train_set: data.Dataset, held_out: data.Data
         k=config["k"],
         loss_options=_with_warmup(config, len(train_set.labels)),
         microbatches=config.get("microbatches", 1),
+        lr_warmup_epochs=config.get("lr_warmup_epochs", 0),
+        clip_norm=config.get("clip_norm"),
         checkpoint_every=config["checkpoint_every"],
         eval_images=held_out.images,
         eval_labels=held_out.labels,

@@ -1,7 +1,10 @@
 """Train a base classifier with noise augmentation from a config file; resumes from --workdir.
 
   python experiments/train.py --config experiments/configs/mnist5k_lenet_gaussian.py \
-      --workdir runs/mnist5k_lenet [--smoke]
+      --workdir runs/mnist5k_lenet [--smoke] [--fail-on-collapse]
+
+Every epoch's held-out evaluation is checked for collapse (rsjax.train.collapse_reason): a warning, or
+with --fail-on-collapse an error after that epoch's checkpoint is saved.
 """
 
 import argparse
@@ -24,9 +27,17 @@ def main(argv=None):
         default=None,
         help="stop (with a checkpoint) after this many steps in total",
     )
+    parser.add_argument(
+        "--fail-on-collapse",
+        action="store_true",
+        help="stop with an error (after saving that epoch's checkpoint) when the held-out votes "
+        "show a collapsed classifier, instead of a warning (classifier configs only)",
+    )
     cli.add_data_flags(parser)
     args = parser.parse_args(argv)
     config = cli.load_config(args.config, smoke=args.smoke)
+    if args.fail_on_collapse and config.get("kind", "classifier") != "classifier":
+        parser.error("--fail-on-collapse needs a classifier config (collapse is read from votes)")
     train_set, held_out = cli.train_and_test(config, args)
     records.check_writable(f"{args.workdir}/config.json")
     records.write_json(
@@ -45,6 +56,7 @@ def main(argv=None):
         train_set,
         held_out,
         stop_after_step=args.stop_after_step,
+        **({"fail_on_collapse": True} if args.fail_on_collapse else {}),
     )
     print(
         f"trained to step {int(state.step)}; checkpoints in {args.workdir}/checkpoints",

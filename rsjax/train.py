@@ -15,6 +15,7 @@ import json
 import math
 import pathlib
 import time
+import warnings
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -44,6 +45,8 @@ def make_optimizer(
     decay_every: int = 0,
     decay_factor: float = 0.1,
     optimizer: str = "sgd",
+    warmup_steps: int = 0,
+    clip_norm: float | None = None,
 ) -> optax.GradientTransformation:
     """SGD with (heavy-ball) momentum (or Adam), optional weight decay and a learning-rate schedule.
 
@@ -52,18 +55,41 @@ def make_optimizer(
 
     schedule: "cosine" (to 0 over total_steps), "step" (x decay_factor every decay_every steps, as in
     Cohen et al.: 0.1 every 30 epochs) or "constant".
+
+    warmup_steps: w > 0 replaces the first w steps of the schedule by a linear warm-up,
+    lr(s) = learning_rate * s / w for s < w (so lr(0) = 0 and lr(w) = learning_rate), joined with
+    optax.join_schedules. After it, "cosine" decays from learning_rate to 0 over the remaining
+    total_steps - w steps; "step" keeps its decays at the absolute steps decay_every, 2 decay_every,
+    ... (a decay inside the warm-up applies from step w on); "constant" stays at learning_rate.
+
+    clip_norm: c rescales the gradient g to g * min(1, c / ||g||_2) (optax.clip_by_global_norm, the
+    norm over all parameters) before weight decay and the optimizer, as torch's clip_grad_norm_
+    before optimizer.step(). For plain SGD without momentum or weight decay every update then has
+    norm <= lr(s) * c.
     """
     if schedule == "cosine":
-        lr = optax.cosine_decay_schedule(learning_rate, max(total_steps, 1))
+        lr = optax.cosine_decay_schedule(learning_rate, max(total_steps - warmup_steps, 1))
     elif schedule == "step":
         if decay_every < 1:
             raise ValueError("schedule='step' needs decay_every >= 1 (steps)")
-        lr = optax.exponential_decay(learning_rate, decay_every, decay_factor, staircase=True)
+        step_lr = optax.exponential_decay(learning_rate, decay_every, decay_factor, staircase=True)
+
+        def lr(count):  # after the warm-up's join, count starts again at 0: decay at absolute steps
+            return step_lr(count + warmup_steps)
+
     elif schedule == "constant":
         lr = optax.constant_schedule(learning_rate)
     else:
         raise ValueError(f"unknown schedule {schedule!r}; use 'cosine', 'step' or 'constant'")
-    parts = [optax.add_decayed_weights(weight_decay)] if weight_decay else []
+    if not isinstance(warmup_steps, int) or warmup_steps < 0:
+        raise ValueError(f"warmup_steps must be an int >= 0, got {warmup_steps!r}")
+    if warmup_steps:
+        warmup = optax.linear_schedule(0.0, learning_rate, warmup_steps)
+        lr = optax.join_schedules([warmup, lr], [warmup_steps])
+    if clip_norm is not None and not clip_norm > 0:
+        raise ValueError(f"clip_norm must be > 0 or None, got {clip_norm!r}")
+    parts = [optax.clip_by_global_norm(clip_norm)] if clip_norm is not None else []
+    parts += [optax.add_decayed_weights(weight_decay)] if weight_decay else []
     if optimizer == "sgd":
         return optax.chain(*parts, optax.sgd(lr, momentum=momentum))
     if optimizer == "adam":
@@ -151,7 +177,17 @@ def epoch_order(data_key: jax.Array, epoch: int, num_examples: int) -> np.ndarra
 
 
 class NonFiniteLossError(FloatingPointError):
-    """The loss became NaN or infinite; the run stopped and kept its last good checkpoint."""
+    """The loss or the gradient became NaN or infinite; the run stopped and kept its last good
+    checkpoint."""
+
+
+class CollapseError(RuntimeError):
+    """fit(..., fail_on_collapse=True): the held-out votes show a collapsed classifier (see
+    `collapse_reason`); the checkpoint of that epoch was saved before raising."""
+
+
+class CollapseWarning(RuntimeWarning):
+    """The held-out votes after an epoch show a collapsed classifier (see `collapse_reason`)."""
 
 
 def fit(
@@ -185,6 +221,9 @@ def fit(
     eval_labels: np.ndarray | None = None,
     eval_noise: int = 32,
     eval_max: int = 500,
+    lr_warmup_epochs: float = 0,
+    clip_norm: float | None = None,
+    fail_on_collapse: bool = False,
 ) -> TrainState:
     """Trains `model_name` on (images, labels) with noise-augmented `loss`; resumes from `workdir`.
 
@@ -204,13 +243,32 @@ def fit(
       eval_images, eval_labels: held-out data; after every epoch the smoothed accuracy (majority vote
         of `eval_noise` noisy copies, no abstention: a cheap estimate, not a certificate) of the first
         `eval_max` examples is logged to metrics.jsonl. Its noise comes from its own key, so it does
-        not change training.
+        not change training. The same votes give `top_class_fraction`, the share of all
+        eval_max * eval_noise noisy-copy predictions that fall on the most common class, and
+        `top_class`, that class.
+      lr_warmup_epochs: the learning rate rises linearly from 0 to learning_rate over the first
+        round(lr_warmup_epochs * steps_per_epoch) steps (make_optimizer's warmup_steps); not the
+        adversarial losses' eps warm-up, which is a loss option. Recorded in the meta when > 0.
+      clip_norm: clip the gradient to this global l2 norm before the optimizer (None: no clipping).
+        Recorded in the meta when set. The logged `grad_norm` is the norm before clipping.
+      fail_on_collapse: after an epoch whose held-out votes show collapse (`collapse_reason`: more
+        than 90% of the noisy-copy predictions on one class, or, once the learning-rate warm-up is
+        over, smoothed accuracy within 2 points of chance 1/num_classes), save that epoch's
+        checkpoint and raise CollapseError. Without it, a CollapseWarning is emitted and training
+        goes on. Either way the epoch's metrics record gets `collapsed` and `collapse_reason`.
+        Without eval_images no collapse detection is possible: nothing is checked.
     Returns:
       The final TrainState (device arrays).
+    Raises:
+      NonFiniteLossError: a non-finite loss, loss term or gradient norm (the message names the
+        first such step and its terms); the last good checkpoint is kept, nothing later is saved.
+      CollapseError: see fail_on_collapse.
     """
     mesh = sharding.batch_mesh() if mesh is None else mesh
     steps_per_epoch = _steps_per_epoch(images.shape[0], batch_size, mesh)
     total_steps = epochs * steps_per_epoch
+    if lr_warmup_epochs < 0:
+        raise ValueError(f"lr_warmup_epochs must be >= 0, got {lr_warmup_epochs!r}")
     model = models.make_model(model_name, num_classes=num_classes, dataset=dataset)
     optimizer = make_optimizer(
         learning_rate=learning_rate,
@@ -219,6 +277,8 @@ def fit(
         weight_decay=weight_decay,
         schedule=schedule,
         decay_every=decay_every_epochs * steps_per_epoch,
+        warmup_steps=round(lr_warmup_epochs * steps_per_epoch),
+        clip_norm=clip_norm,
     )
     init_key, data_key, train_key = jax.random.split(key, 3)
     eval_key = jax.random.fold_in(
@@ -240,12 +300,16 @@ def fit(
     }
     if microbatches != 1:  # recorded only when used, so that earlier runs still resume
         meta["microbatches"] = microbatches
+    if lr_warmup_epochs:
+        meta["lr_warmup_epochs"] = lr_warmup_epochs
+    if clip_norm is not None:
+        meta["clip_norm"] = clip_norm
     loss_fn = make_loss(loss, model, sigma=sigma, k=k, **(loss_options or {}))
 
     def evaluate(state):
         if eval_images is None:
             return None
-        accuracy = smoothed_accuracy(
+        summary = smoothed_summary(
             eval_key,
             model,
             _variables(state),
@@ -256,10 +320,18 @@ def fit(
             num_noise=eval_noise,
             mesh=mesh,
         )
+        epochs_done = int(sharding.gather(state.step)) // steps_per_epoch
+        reason = collapse_reason(
+            summary, num_classes=num_classes, after_warmup=epochs_done >= lr_warmup_epochs
+        )
         return {
-            "smoothed_accuracy": accuracy,
+            "smoothed_accuracy": summary.accuracy,
+            "top_class_fraction": summary.top_class_fraction,
+            "top_class": summary.top_class,
             "eval_examples": min(eval_max, len(eval_labels)),
             "eval_noise": eval_noise,
+            "collapsed": reason is not None,
+            **({"collapse_reason": reason} if reason else {}),
         }
 
     return train_loop(
@@ -281,7 +353,30 @@ def fit(
         show_progress=show_progress,
         name=f"train {model_name}",
         eval_fn=evaluate,
+        fail_on_collapse=fail_on_collapse,
     )
+
+
+def collapse_reason(summary: "VoteSummary", *, num_classes: int, after_warmup: bool = True):
+    """Why the held-out votes of an epoch look like a collapsed classifier, or None.
+
+    Collapse: top_class_fraction > 0.9 (more than 90% of all noisy-copy predictions on one class;
+    meant for roughly balanced held-out sets, where a working classifier spreads its votes), or,
+    when after_warmup, smoothed accuracy <= 1/num_classes + 0.02 (within 2 points of chance or
+    below it: a network that died, e.g. the mnist5k LeNet at sigma 1.0 with lr 0.02).
+    """
+    reasons = []
+    if summary.top_class_fraction > 0.9:
+        reasons.append(
+            f"{summary.top_class_fraction:.1%} of the held-out noisy-copy predictions are class "
+            f"{summary.top_class} (> 90%)"
+        )
+    chance = 1.0 / num_classes
+    if after_warmup and summary.accuracy <= chance + 0.02:
+        reasons.append(
+            f"smoothed accuracy {summary.accuracy:.3f} is within 2 points of chance {chance:.3f}"
+        )
+    return "; ".join(reasons) or None
 
 
 def _steps_per_epoch(num_examples: int, batch_size: int, mesh) -> int:
@@ -312,6 +407,7 @@ def train_loop(
     show_progress: bool = True,
     name: str = "train",
     eval_fn: Callable[[TrainState], dict | None] | None = None,
+    fail_on_collapse: bool = False,
 ) -> TrainState:
     """The resumable training loop shared by every kind of model rsjax trains (classifiers,
     denoisers, classifiers on a denoiser): batches, checkpoints, metrics, progress, resume.
@@ -325,9 +421,16 @@ def train_loop(
       images, labels: the training set; batch = {"image", "label"} ({"image"} when labels is None).
       data_key: epoch e's order is a permutation drawn from fold_in(data_key, e).
       eval_fn: called after every full epoch with the state; the dict it returns (None: nothing)
-        is logged to metrics.jsonl with the step and epoch and shown on the progress line.
+        is logged to metrics.jsonl with the step and epoch and shown on the progress line. If it
+        holds `collapsed: True`, its `collapse_reason` is shown and a CollapseWarning emitted, or,
+        with fail_on_collapse, the epoch's checkpoint is saved and CollapseError raised.
     Returns:
-      The final TrainState. Non-finite metrics raise NonFiniteLossError without saving.
+      The final TrainState.
+    Raises:
+      NonFiniteLossError: a non-finite metric (loss, loss term, grad_norm) of any step, found when
+        the metrics are logged (every log_every steps) and always before a checkpoint or an
+        evaluation, or non-finite parameters at a checkpoint; nothing after the last good
+        checkpoint is saved.
     """
     workdir = pathlib.Path(workdir)
     ckpt_dir = workdir / "checkpoints"
@@ -339,7 +442,7 @@ def train_loop(
     if start is not None:
         _, saved_meta = checkpoint.restore_meta(ckpt_dir, start)
         # Keys written only when not at their default (earlier runs lack them) compare as the default.
-        defaults = {"microbatches": 1}
+        defaults = {"microbatches": 1, "lr_warmup_epochs": 0, "clip_norm": None}
         saved, wanted = {**defaults, **saved_meta}, {**defaults, **meta}
         mismatched = {k: (saved.get(k), v) for k, v in wanted.items() if saved.get(k) != v}
         if mismatched:
@@ -396,10 +499,14 @@ def train_loop(
                     if bar:
                         bar.update(0, extra=_loss_terms(record))
                 if checkpoint_every and step % checkpoint_every == 0 and step < last:
+                    _check_finite(window, step)  # never save a state that followed a NaN
                     _save(ckpt_dir, state, meta, max_to_keep)
                 if bar:
                     bar.update(1)
-            evaluation = eval_fn(state) if eval_fn and position == steps_per_epoch else None
+            evaluation = None
+            if eval_fn and position == steps_per_epoch:
+                _check_finite(window, step)  # NaN parameters would vote for class 0: no collapse
+                evaluation = eval_fn(state)
             if evaluation:
                 record = {"step": step, "epoch": epoch + 1, **evaluation}
                 if metrics_file is not None:
@@ -409,10 +516,34 @@ def train_loop(
                     shown = " ".join(
                         f"{k} {v:.4g}" for k, v in evaluation.items() if isinstance(v, float)
                     )
+                    if evaluation.get("collapsed"):
+                        shown += f" COLLAPSED: {evaluation.get('collapse_reason')}"
                     bar.update(0, extra=f"epoch {epoch + 1} held-out {shown}")
+                if evaluation.get("collapsed"):
+                    _collapsed(ckpt_dir, state, meta, max_to_keep, record, fail_on_collapse)
     if checkpoint.latest_step(ckpt_dir) != step:
         _save(ckpt_dir, state, meta, max_to_keep)
     return state
+
+
+def _collapsed(ckpt_dir, state, meta, max_to_keep, record, fail):
+    """Warns of (or, with fail, saves the epoch's checkpoint and raises CollapseError for) the
+    collapse that the held-out evaluation `record` reports."""
+    message = (
+        f"epoch {record['epoch']} (step {record['step']}): the classifier looks collapsed: "
+        f"{record.get('collapse_reason')}"
+    )
+    if "top_class" in record:
+        message += (
+            f" [most common predicted class {record['top_class']}, "
+            f"{record['top_class_fraction']:.1%} of the held-out noisy-copy predictions]"
+        )
+    message += ". Lower the learning rate, lengthen lr_warmup_epochs or set clip_norm."
+    if fail:
+        if checkpoint.latest_step(ckpt_dir) != record["step"]:
+            _save(ckpt_dir, state, meta, max_to_keep)
+        raise CollapseError(f"{message} Checkpoint of step {record['step']} saved.")
+    warnings.warn(message, CollapseWarning, stacklevel=3)
 
 
 @contextlib.contextmanager
@@ -475,18 +606,42 @@ def make_loss(name: str, model, *, sigma: float, k: int, **options) -> Callable:
 
 
 def _log(metrics_file, window, step, epoch, images_per_s):
-    window = sharding.gather(window)
+    """Writes the mean of the window's metrics (steps step - len(window) + 1 ... step)."""
+    window = _check_finite(window, step)
     record = {k: float(np.mean([m[k] for m in window])) for k in window[0]}
-    if not all(math.isfinite(v) for v in record.values()):
-        raise NonFiniteLossError(
-            f"non-finite training metrics at step {step} ({record}); stopped without saving: the "
-            "last good checkpoint is kept. Lower the learning rate or check the data."
-        )
     record.update(step=step, epoch=epoch, images_per_s=images_per_s)
     if metrics_file is not None:
         metrics_file.write(json.dumps(record) + "\n")
         metrics_file.flush()
     return record
+
+
+def _check_finite(window, step):
+    """The window's metrics on the host; NonFiniteLossError naming the first step (of
+    step - len(window) + 1 ... step) with a non-finite loss, loss term or gradient norm."""
+    window = sharding.gather(window)
+    for offset, metrics in enumerate(window):
+        values = {k: float(np.asarray(v)) for k, v in metrics.items()}
+        bad = sorted(k for k, v in values.items() if not math.isfinite(v))
+        if bad:
+            bad_step = step - len(window) + offset + 1
+            terms = ", ".join(f"{k} {v:.4g}" for k, v in values.items())
+            raise NonFiniteLossError(
+                f"non-finite training metrics {bad} at step {bad_step} ({terms}); stopped "
+                "without saving: the last good checkpoint is kept. Lower the learning rate, add "
+                "lr_warmup_epochs or clip_norm, or check the data."
+            )
+    return window
+
+
+class VoteSummary(NamedTuple):
+    """One pass of held-out votes: accuracy (fraction of examples whose majority vote is the label),
+    top_class (the class that received the most votes over all examples and noisy copies) and
+    top_class_fraction (its share of all num_examples * num_noise votes)."""
+
+    accuracy: float
+    top_class: int
+    top_class_fraction: float
 
 
 def smoothed_accuracy(
@@ -507,7 +662,35 @@ def smoothed_accuracy(
     A cheap training-time estimate of the smoothed classifier's clean accuracy (no abstention, no
     confidence bound): certify with rsjax.certify for guarantees.
     """
-    return vote_accuracy(
+    return smoothed_summary(
+        key,
+        model,
+        variables,
+        images,
+        labels,
+        sigma=sigma,
+        num_classes=num_classes,
+        num_noise=num_noise,
+        mesh=mesh,
+        batch_size=batch_size,
+    ).accuracy
+
+
+def smoothed_summary(
+    key,
+    model,
+    variables,
+    images,
+    labels,
+    *,
+    sigma,
+    num_classes,
+    num_noise,
+    mesh=None,
+    batch_size: int = 64,
+) -> VoteSummary:
+    """`smoothed_accuracy` and the most common predicted class from the same votes (VoteSummary)."""
+    return vote_summary(
         key,
         _eval_logits_fn(model),
         variables,
@@ -535,7 +718,37 @@ def vote_accuracy(
     batch_size: int = 64,
 ) -> float:
     """`smoothed_accuracy` of any logits_fn(params, x) (e.g. an empirical Bayes classifier)."""
+    return vote_summary(
+        key,
+        logits_fn,
+        params,
+        images,
+        labels,
+        sigma=sigma,
+        num_classes=num_classes,
+        num_noise=num_noise,
+        mesh=mesh,
+        batch_size=batch_size,
+    ).accuracy
+
+
+def vote_summary(
+    key,
+    logits_fn,
+    params,
+    images,
+    labels,
+    *,
+    sigma,
+    num_classes,
+    num_noise,
+    mesh=None,
+    batch_size: int = 64,
+) -> VoteSummary:
+    """VoteSummary of any logits_fn(params, x) from counts of `num_noise` noisy copies per example
+    (example i's noise from its index i, as in certification: batch_size changes nothing)."""
     correct = 0
+    totals = np.zeros(num_classes, np.int64)
     for start in range(0, len(labels), batch_size):
         stop = min(start + batch_size, len(labels))
         counts = votes.count_votes(
@@ -550,8 +763,11 @@ def vote_accuracy(
             stream=votes.ESTIMATION,
             mesh=mesh,
         )
+        counts = np.asarray(counts)
         correct += int((counts.argmax(axis=1) == labels[start:stop]).sum())
-    return correct / len(labels)
+        totals += counts.sum(axis=0).astype(np.int64)
+    top = int(totals.argmax())
+    return VoteSummary(correct / len(labels), top, float(totals[top] / max(totals.sum(), 1)))
 
 
 _EVAL_FNS: dict = {}
@@ -588,6 +804,12 @@ def _train_item(state: TrainState):
 
 def _save(ckpt_dir, state, meta, max_to_keep):
     state = sharding.gather(state)
+    if not all(np.isfinite(np.asarray(a)).all() for a in jax.tree.leaves(state.params)):
+        raise NonFiniteLossError(
+            f"non-finite parameters after step {int(state.step)} (the update of a finite loss "
+            "overflowed); stopped without saving: the last good checkpoint is kept. Lower the "
+            "learning rate, add lr_warmup_epochs or clip_norm."
+        )
     checkpoint.save(
         ckpt_dir,
         int(state.step),

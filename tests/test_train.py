@@ -1,6 +1,7 @@
 """Gaussian-augmentation training: loss, resume to bit-identical parameters, NaN stop, checkpoints."""
 
 import json
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -238,3 +239,194 @@ def test_fit_records_microbatches_and_refuses_to_resume_without_them(tmp_path):
     assert int(state.step) == 3
     with pytest.raises(ValueError, match="microbatches"):
         _fit(tmp_path / "run", images, labels, microbatches=1)
+
+
+def test_lr_warmup_then_schedule():
+    """lr(0) = 0, lr(w) = learning_rate, then the schedule: cosine over the remaining steps, step
+    decays at the absolute steps, constant stays."""
+    lr, w, total = 0.1, 4, 12
+
+    def lrs(schedule, **kw):
+        opt = train.make_optimizer(
+            learning_rate=lr,
+            total_steps=total,
+            momentum=0.0,
+            schedule=schedule,
+            warmup_steps=w,
+            **kw,
+        )
+        # Plain SGD: the update of a gradient of ones is -lr(s) per coordinate.
+        params, state, out = jnp.zeros(1), None, []
+        state = opt.init(params)
+        for _ in range(total):
+            updates, state = opt.update(jnp.ones(1), state, params)
+            out.append(-float(updates[0]))
+        return np.array(out)
+
+    ramp = [lr * s / w for s in range(w)]
+    cosine = optax.cosine_decay_schedule(lr, total - w)
+    np.testing.assert_allclose(
+        lrs("cosine"), ramp + [float(cosine(s)) for s in range(total - w)], rtol=1e-6, atol=1e-9
+    )
+    assert lrs("cosine")[0] == 0.0 and lrs("cosine")[w] == pytest.approx(lr)
+    np.testing.assert_allclose(lrs("constant"), ramp + [lr] * (total - w), rtol=1e-6)
+    step = lrs("step", decay_every=6, decay_factor=0.5)
+    np.testing.assert_allclose(step, ramp + [lr] * 2 + [lr / 2] * 6, rtol=1e-6)
+    with pytest.raises(ValueError, match="warmup_steps"):
+        train.make_optimizer(learning_rate=lr, total_steps=total, warmup_steps=-1)
+
+
+def test_clip_norm_bounds_the_update():
+    params = {"a": jnp.zeros(3), "b": jnp.zeros((2, 2))}
+    huge = {"a": jnp.full(3, 1e8), "b": jnp.full((2, 2), -3e7)}
+    small = jax.tree.map(lambda g: g * 1e-9, huge)  # norm 0.12 < clip: left alone
+    lr, clip = 0.1, 10.0
+    opt = train.make_optimizer(
+        learning_rate=lr, total_steps=10, momentum=0.0, schedule="constant", clip_norm=clip
+    )
+    for grads in (huge, small):
+        updates, _ = opt.update(grads, opt.init(params), params)
+        direct = optax.chain(optax.clip_by_global_norm(clip), optax.sgd(lr))
+        reference, _ = direct.update(grads, direct.init(params), params)
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), updates, reference)
+        norm = float(optax.tree.norm(updates))
+        assert norm <= lr * clip * (1 + 1e-6)
+        assert norm == pytest.approx(min(lr * clip, lr * float(optax.tree.norm(grads))), rel=1e-5)
+    with pytest.raises(ValueError, match="clip_norm"):
+        train.make_optimizer(learning_rate=lr, total_steps=10, clip_norm=0.0)
+
+
+def test_nan_gradient_stops_naming_the_step(tmp_path):
+    """A finite loss with a non-finite gradient (sqrt at 0) stops at that step, before saving."""
+    model = models.make_model("linear", num_classes=4)
+    images, labels = _data(32)
+    optimizer = train.make_optimizer(learning_rate=0.1, total_steps=4)
+    state = train.init_state(model, jax.random.key(0), images.shape[1:], optimizer)
+    apply_fn = losses.make_train_apply(model)
+
+    def loss_fn(params, model_state, batch, key, step):
+        loss, aux = losses.gaussian_augmentation_loss(
+            params, model_state, batch, key, apply_fn=apply_fn, sigma=0.25, k=1
+        )
+        # From step index 2 on (the 3rd step) sqrt is taken at 0, where its derivative is infinite:
+        # the loss stays finite, the gradient (inf * 0) is NaN.
+        c = jnp.where(step >= 2, 0.0, 1.0) + 0.0 * params["Dense_0"]["bias"].sum()
+        return loss + jnp.sqrt(c), aux
+
+    with pytest.raises(train.NonFiniteLossError, match=r"\['grad_norm'\] at step 3 \(.*loss"):
+        train.train_loop(
+            tmp_path,
+            state=state,
+            train_step=train.make_train_step(loss_fn, optimizer),
+            meta={"model": "linear"},
+            images=images,
+            labels=labels,
+            data_key=jax.random.key(1),
+            train_key=jax.random.key(2),
+            epochs=2,
+            batch_size=16,
+            checkpoint_every=2,
+            log_every=10,
+            show_progress=False,
+        )
+    assert checkpoint.latest_step(tmp_path / "checkpoints") == 2  # the last good one
+
+
+def test_huge_learning_rate_is_stopped(tmp_path):
+    """lr 1e6: the run stops, either as non-finite (naming the step) or as collapse."""
+    images, labels = _data()
+    with pytest.raises((train.NonFiniteLossError, train.CollapseError)) as stopped:
+        _fit(
+            tmp_path / "run",
+            images,
+            labels,
+            learning_rate=1e6,
+            fail_on_collapse=True,
+            eval_images=images[:32],
+            eval_labels=labels[:32],
+            eval_noise=4,
+        )
+    assert "at step" in str(stopped.value) or "collapsed" in str(stopped.value)
+    print(type(stopped.value).__name__, stopped.value)
+
+
+def _eval_records(workdir):
+    records = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
+    return [r for r in records if "smoothed_accuracy" in r]
+
+
+def test_one_class_model_is_flagged_as_collapsed(tmp_path):
+    """Trained on labels that are all class 0, the model votes class 0 on a balanced held-out set:
+    a CollapseWarning naming the epoch and class, or with fail_on_collapse a CollapseError after the
+    epoch's checkpoint is saved."""
+    images, labels = _data()
+    held_out = dict(eval_images=images[:32], eval_labels=labels[:32], eval_noise=8)
+    zeros = np.zeros_like(labels)
+    with pytest.warns(train.CollapseWarning, match=r"epoch 1 .*class 0.*(9\d\.\d|100\.0)%"):
+        _fit(tmp_path / "warn", images, zeros, epochs=1, **held_out)
+    (record,) = _eval_records(tmp_path / "warn")
+    assert record["collapsed"] is True and record["top_class"] == 0
+    assert record["top_class_fraction"] > 0.9 and "class 0" in record["collapse_reason"]
+    with pytest.raises(train.CollapseError, match="epoch 1"):
+        _fit(tmp_path / "fail", images, zeros, epochs=2, fail_on_collapse=True, **held_out)
+    assert checkpoint.latest_step(tmp_path / "fail" / "checkpoints") == 96 // 16  # epoch 1's
+
+
+def test_healthy_run_with_warmup_and_clipping_gives_no_collapse(tmp_path):
+    images, labels = _data()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", train.CollapseWarning)
+        _fit(
+            tmp_path / "run",
+            images,
+            labels,
+            lr_warmup_epochs=1,
+            clip_norm=10.0,
+            eval_images=images[:40],
+            eval_labels=labels[:40],
+            eval_noise=8,
+        )
+    evals = _eval_records(tmp_path / "run")
+    assert [r["collapsed"] for r in evals] == [False] * 3
+    assert all(r["top_class_fraction"] < 0.9 for r in evals)
+    meta = checkpoint.restore_meta(tmp_path / "run" / "checkpoints")[1]
+    assert (meta["lr_warmup_epochs"], meta["clip_norm"]) == (1, 10.0)
+
+
+def test_collapse_reason_thresholds():
+    summary = train.VoteSummary
+    assert train.collapse_reason(summary(0.8, 3, 0.3), num_classes=10) is None
+    assert "class 3" in train.collapse_reason(summary(0.8, 3, 0.95), num_classes=10)
+    assert "chance" in train.collapse_reason(summary(0.115, 3, 0.3), num_classes=10)
+    assert train.collapse_reason(summary(0.125, 3, 0.3), num_classes=10) is None
+    assert train.collapse_reason(summary(0.1, 3, 0.3), num_classes=10, after_warmup=False) is None
+
+
+def test_vote_summary_counts_every_noisy_copy():
+    """A logits_fn that always says class 2: accuracy is the share of label 2, fraction 1."""
+
+    def logits_fn(params, x):
+        return jnp.zeros((x.shape[0], 4)).at[:, 2].set(1.0)
+
+    images, labels = _data(20)
+    got = train.vote_summary(
+        jax.random.key(0), logits_fn, {}, images, labels, sigma=0.25, num_classes=4, num_noise=4
+    )
+    assert got == train.VoteSummary(float(np.mean(labels == 2)), 2, 1.0)
+
+
+def test_runs_without_the_stability_keys_still_resume(tmp_path):
+    """lr_warmup_epochs and clip_norm enter the meta only when set, so a run written before they
+    existed resumes with the defaults, and a run that set them refuses to resume without them."""
+    images, labels = _data()
+    _fit(tmp_path / "old", images, labels, stop_after_step=2)
+    meta = checkpoint.restore_meta(tmp_path / "old" / "checkpoints")[1]
+    assert "lr_warmup_epochs" not in meta and "clip_norm" not in meta
+    assert int(_fit(tmp_path / "old", images, labels, stop_after_step=3).step) == 3
+    new = dict(lr_warmup_epochs=0.5, clip_norm=5.0)
+    _fit(tmp_path / "new", images, labels, stop_after_step=2, **new)
+    assert int(_fit(tmp_path / "new", images, labels, stop_after_step=3, **new).step) == 3
+    with pytest.raises(ValueError, match="clip_norm"):
+        _fit(tmp_path / "new", images, labels, lr_warmup_epochs=0.5)
+    with pytest.raises(ValueError, match="lr_warmup_epochs"):
+        _fit(tmp_path / "old", images, labels, lr_warmup_epochs=1)

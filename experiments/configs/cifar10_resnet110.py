@@ -3,6 +3,11 @@
 method in {gaussian, adre, adre_adv, smoothadv, macer}, sigma in {0.25, 0.5, 1.0}; optional lam=, k=, eps=
 override the method's defaults (experiments/configs/methods.py), e.g. the ADRE lambda sweep.
 
+Stability: the learning rate warms up linearly over the first epoch and gradients are clipped to global
+norm 10 (rsjax.train.fit's lr_warmup_epochs, clip_norm): lr 0.1 at step 0 is what Cohen et al. use, but a
+warm-up is the usual guard for a 110-layer ResNet at that rate (He et al. 2016 warm up ResNet-110 at 0.01),
+and 10 is several times a healthy batch-norm network's gradient norm, so it only caps divergent steps.
+
 Command:  python experiments/train.py --config experiments/configs/cifar10_resnet110.py:method=adre,sigma=0.5 \
               --workdir runs/cifar10_resnet110_adre_0.5 --download
           python experiments/certify.py --workdir runs/cifar10_resnet110_adre_0.5 --outdir runs/cifar10_resnet110_adre_0.5/certify \
@@ -30,6 +35,8 @@ def get_config(
         weight_decay=0.0001,
         schedule="step",
         decay_every_epochs=30,
+        lr_warmup_epochs=1,
+        clip_norm=10.0,
         seed=0,
         checkpoint_every=2000,
     )

@@ -55,7 +55,9 @@ def training(
 
 def smoke(config: dict) -> dict:
     """The seconds-long CPU version of a config, on any small local copy of the data."""
-    config = dict(config, epochs=1, batch_size=8, checkpoint_every=2, warmup_epochs=0)
+    config = dict(
+        config, epochs=1, batch_size=8, checkpoint_every=2, warmup_epochs=0, lr_warmup_epochs=0
+    )
     config["k"] = min(config["k"], 2)
     config["loss_options"] = dict(config["loss_options"])
     if "num_steps" in config["loss_options"]:
