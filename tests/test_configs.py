@@ -20,8 +20,18 @@ SPECS = ["mnist5k_lenet_gaussian", "mnist5k_lenet:sigma=0.5"] + [
 ]
 
 
+# The default selection smokes one config of each data format and the methods with their own code
+# paths (MACER's hinge, ADRE-ADV's attack); every other config x method runs under -m slow.
+FAST_SPECS = (
+    "mnist5k_lenet:sigma=0.5",
+    "mnist_lenet:method=macer,sigma=0.5",
+    "fashion_mnist_lenet:method=adre_adv,sigma=0.5",
+)
+
+
 def _param(spec):
-    return pytest.param(spec, id=spec.replace(":", "-"))
+    marks = () if spec in FAST_SPECS else (pytest.mark.slow,)
+    return pytest.param(spec, id=spec.replace(":", "-"), marks=marks)
 
 
 def _write_idx(path, array):

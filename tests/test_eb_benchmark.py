@@ -7,9 +7,12 @@ import subprocess
 import sys
 from importlib import util
 
+import pytest
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+@pytest.mark.slow  # a benchmark script's smoke run (the default selection runs gpu_suite --quick)
 def test_eb_throughput_benchmark_quick(tmp_path):
     out_file = tmp_path / "r.jsonl"
     out = subprocess.run(

@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -29,6 +31,7 @@ def test_quickstart_smoke(tmp_path):
     assert again.stdout.split("time:")[0] == out.stdout.split("time:")[0]
 
 
+@pytest.mark.slow  # a benchmark script's smoke run (the default selection runs gpu_suite --quick)
 def test_vote_throughput_benchmark_quick(tmp_path):
     out = _run(
         "benchmarks/vote_throughput.py",

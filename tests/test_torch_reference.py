@@ -183,6 +183,7 @@ def test_from_flax_rejects_unknown_model():
         )
 
 
+@pytest.mark.slow  # a benchmark script's smoke run (the default selection runs gpu_suite --quick)
 def test_vs_pytorch_quick(tmp_path):
     out_file = tmp_path / "r.jsonl"
     out = subprocess.run(
@@ -257,6 +258,7 @@ def test_train_benchmark_losses_agree_on_the_same_noise(loss, k):
     )
 
 
+@pytest.mark.slow  # a benchmark script's smoke run (the default selection runs gpu_suite --quick)
 def test_train_vs_pytorch_quick(tmp_path):
     out_file = tmp_path / "t.jsonl"
     out = subprocess.run(
