@@ -529,12 +529,10 @@ def certify_images(args, shape):
     return np.asarray(jax.random.uniform(key, (args.certify_images, *shape)))
 
 
-def section_certify(suite, budget, args):
-    name, images, n0, n = args.resnet, args.certify_images, args.n0, args.certify_n
-    settings = f"{images} images, n0 {n0}, n {n:,}, alpha {args.alpha}, sigma {SIGMA}"
-    m = get_model(name)
-    x = certify_images(args, m["shape"])
-    chunk = args.certify_chunk or votes.default_chunk_size()
+def certify_call(args, m, x, chunk, **sampling):
+    """A no-argument call of rsjax.certify on model `m` and images `x` with the suite's settings
+    (same key, sigma, n0, alpha, chunk and batch for fixed-n and sequential); `sampling` adds n= or
+    sampling="sequential", n_max=, radii=."""
 
     def call():
         return rsjax.certify(
@@ -542,15 +540,25 @@ def section_certify(suite, budget, args):
             m["logits_fn"],
             x,
             sigma=SIGMA,
-            n0=n0,
-            n=n,
+            n0=args.n0,
             alpha=args.alpha,
             num_classes=NUM_CLASSES,
             chunk_size=chunk,
-            batch_size=min(8, images),
+            batch_size=min(8, len(x)),
             params=m["variables"],
+            **sampling,
         )
 
+    return call
+
+
+def section_certify(suite, budget, args):
+    name, images, n0, n = args.resnet, args.certify_images, args.n0, args.certify_n
+    settings = f"{images} images, n0 {n0}, n {n:,}, alpha {args.alpha}, sigma {SIGMA}"
+    m = get_model(name)
+    x = certify_images(args, m["shape"])
+    chunk = args.certify_chunk or votes.default_chunk_size()
+    call = certify_call(args, m, x, chunk, n=n)
     rate = vote_rate_of(suite, name, chunk)
     estimate = None if rate is None else images * (n0 + n) / rate
     try:
@@ -612,24 +620,7 @@ def section_sequential(suite, budget, args):
     m = get_model(name)
     x = certify_images(args, m["shape"])
     chunk = args.certify_chunk or votes.default_chunk_size()
-
-    def call():
-        return rsjax.certify(
-            jax.random.key(7),
-            m["logits_fn"],
-            x,
-            sigma=SIGMA,
-            n0=n0,
-            alpha=args.alpha,
-            num_classes=NUM_CLASSES,
-            chunk_size=chunk,
-            batch_size=min(8, images),
-            params=m["variables"],
-            sampling="sequential",
-            n_max=n_max,
-            radii=radii,
-        )
-
+    call = certify_call(args, m, x, chunk, sampling="sequential", n_max=n_max, radii=radii)
     try:
         t0 = time.perf_counter()
         cert = call()

@@ -533,7 +533,7 @@ def _collapsed(ckpt_dir, state, meta, max_to_keep, record, fail):
         f"epoch {record['epoch']} (step {record['step']}): the classifier looks collapsed: "
         f"{record.get('collapse_reason')}"
     )
-    if "top_class" in record:
+    if "top_class" in record and "held-out noisy-copy" not in message:  # the chance reason alone
         message += (
             f" [most common predicted class {record['top_class']}, "
             f"{record['top_class_fraction']:.1%} of the held-out noisy-copy predictions]"
@@ -644,92 +644,24 @@ class VoteSummary(NamedTuple):
     top_class_fraction: float
 
 
-def smoothed_accuracy(
-    key,
-    model,
-    variables,
-    images,
-    labels,
-    *,
-    sigma,
-    num_classes,
-    num_noise,
-    mesh=None,
-    batch_size: int = 64,
-) -> float:
+def smoothed_accuracy(key, model, variables, images, labels, **options) -> float:
     """Fraction of examples whose majority vote over `num_noise` noisy copies is the label.
 
     A cheap training-time estimate of the smoothed classifier's clean accuracy (no abstention, no
-    confidence bound): certify with rsjax.certify for guarantees.
+    confidence bound): certify with rsjax.certify for guarantees. `options` are vote_summary's
+    (sigma, num_classes, num_noise, mesh=None, batch_size=64).
     """
-    return smoothed_summary(
-        key,
-        model,
-        variables,
-        images,
-        labels,
-        sigma=sigma,
-        num_classes=num_classes,
-        num_noise=num_noise,
-        mesh=mesh,
-        batch_size=batch_size,
-    ).accuracy
+    return smoothed_summary(key, model, variables, images, labels, **options).accuracy
 
 
-def smoothed_summary(
-    key,
-    model,
-    variables,
-    images,
-    labels,
-    *,
-    sigma,
-    num_classes,
-    num_noise,
-    mesh=None,
-    batch_size: int = 64,
-) -> VoteSummary:
+def smoothed_summary(key, model, variables, images, labels, **options) -> VoteSummary:
     """`smoothed_accuracy` and the most common predicted class from the same votes (VoteSummary)."""
-    return vote_summary(
-        key,
-        _eval_logits_fn(model),
-        variables,
-        images,
-        labels,
-        sigma=sigma,
-        num_classes=num_classes,
-        num_noise=num_noise,
-        mesh=mesh,
-        batch_size=batch_size,
-    )
+    return vote_summary(key, _eval_logits_fn(model), variables, images, labels, **options)
 
 
-def vote_accuracy(
-    key,
-    logits_fn,
-    params,
-    images,
-    labels,
-    *,
-    sigma,
-    num_classes,
-    num_noise,
-    mesh=None,
-    batch_size: int = 64,
-) -> float:
+def vote_accuracy(key, logits_fn, params, images, labels, **options) -> float:
     """`smoothed_accuracy` of any logits_fn(params, x) (e.g. an empirical Bayes classifier)."""
-    return vote_summary(
-        key,
-        logits_fn,
-        params,
-        images,
-        labels,
-        sigma=sigma,
-        num_classes=num_classes,
-        num_noise=num_noise,
-        mesh=mesh,
-        batch_size=batch_size,
-    ).accuracy
+    return vote_summary(key, logits_fn, params, images, labels, **options).accuracy
 
 
 def vote_summary(

@@ -332,19 +332,28 @@ def test_nan_gradient_stops_naming_the_step(tmp_path):
     assert checkpoint.latest_step(tmp_path / "checkpoints") == 2  # the last good one
 
 
-def test_huge_learning_rate_is_stopped(tmp_path):
-    """lr 1e6: the run stops, either as non-finite (naming the step) or as collapse."""
+@pytest.mark.parametrize(
+    "broken",
+    [
+        pytest.param({"learning_rate": 1e6}, id="lr=1e6"),
+        pytest.param({"loss": "adre", "k": 4, "loss_options": {"lam": 100.0}}, id="adre-lam=100"),
+    ],
+)
+def test_deliberately_broken_config_is_stopped(tmp_path, broken):
+    """lr 1e6, or ADRE with lam = 100 (the regulariser swamps the cross-entropy): fit stops the
+    run, as non-finite (naming the step) or as collapse (one class, or accuracy at chance, on the
+    held-out votes)."""
     images, labels = _data()
     with pytest.raises((train.NonFiniteLossError, train.CollapseError)) as stopped:
         _fit(
             tmp_path / "run",
             images,
             labels,
-            learning_rate=1e6,
             fail_on_collapse=True,
-            eval_images=images[:32],
-            eval_labels=labels[:32],
-            eval_noise=4,
+            eval_images=images[:48],
+            eval_labels=labels[:48],
+            eval_noise=8,
+            **broken,
         )
     assert "at step" in str(stopped.value) or "collapsed" in str(stopped.value)
     print(type(stopped.value).__name__, stopped.value)
@@ -362,7 +371,7 @@ def test_one_class_model_is_flagged_as_collapsed(tmp_path):
     images, labels = _data()
     held_out = dict(eval_images=images[:32], eval_labels=labels[:32], eval_noise=8)
     zeros = np.zeros_like(labels)
-    with pytest.warns(train.CollapseWarning, match=r"epoch 1 .*class 0.*(9\d\.\d|100\.0)%"):
+    with pytest.warns(train.CollapseWarning, match=r"epoch 1 .*(9\d\.\d|100\.0)% .*class 0"):
         _fit(tmp_path / "warn", images, zeros, epochs=1, **held_out)
     (record,) = _eval_records(tmp_path / "warn")
     assert record["collapsed"] is True and record["top_class"] == 0
