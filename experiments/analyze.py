@@ -2,19 +2,25 @@
 
     python experiments/analyze.py RUN.tsv [RUN2.tsv ...] [--labels a b] \
         [--radii 0 0.25 0.5 0.75 1.0] [--markdown out.md] [--plot out.png] [--json out.json]
+    python experiments/analyze.py --seeds RUNS_DIR [--radii ...] [--markdown ...] [--json ...]
+
+--seeds reads RUNS_DIR/seed*/NAME/certify/METHOD.tsv and gives one row per NAME/METHOD: the mean over
+seeds and half the range (rsjax.analysis.seeds_table); the plot shows the first seed's curves.
 
 Reads TSVs written by rsjax or by Cohen et al.'s PyTorch code; prints the table to stdout.
 """
 
 import argparse
 import json
+import pathlib
 
 from rsjax import analysis
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("tsv", nargs="+", help="certification TSV files")
+    parser.add_argument("tsv", nargs="*", help="certification TSV files")
+    parser.add_argument("--seeds", help="a folder of seed*/NAME/certify/*.tsv runs (see above)")
     parser.add_argument("--labels", nargs="+", help="one name per file (default: file stems)")
     parser.add_argument(
         "--radii", nargs="+", type=float, default=list(analysis.DEFAULT_RADII), help="l2 radii"
@@ -26,6 +32,12 @@ def main(argv=None):
     parser.add_argument("--json", help="write the summaries here")
     args = parser.parse_args(argv)
 
+    if args.seeds:
+        if args.tsv or args.labels:
+            parser.error("--seeds takes no TSV files or labels")
+        return seeds_report(args, parser)
+    if not args.tsv:
+        parser.error("give certification TSV files, or --seeds RUNS_DIR")
     labels = args.labels or analysis.default_labels(args.tsv)
     if len(labels) != len(args.tsv):
         parser.error(f"got {len(labels)} labels for {len(args.tsv)} files")
@@ -46,6 +58,45 @@ def main(argv=None):
         summaries = {
             label: {"path": path, **analysis.summarize(runs[label], args.radii)}
             for label, path in zip(labels, args.tsv, strict=True)
+        }
+        with open(args.json, "w") as f:
+            json.dump(summaries, f, indent=2)
+            f.write("\n")
+
+
+def seeds_report(args, parser):
+    root = pathlib.Path(args.seeds)
+    seed_dirs = sorted(root.glob("seed*"), key=lambda p: p.name)
+    paths = {}  # "NAME/METHOD" -> {seed folder: tsv path}
+    for seed_dir in seed_dirs:
+        for tsv in sorted(seed_dir.glob("*/certify/*.tsv")):
+            label = f"{tsv.parent.parent.name}/{tsv.stem}"
+            paths.setdefault(label, {})[seed_dir.name] = tsv
+    if not paths:
+        parser.error(f"no {root}/seed*/NAME/certify/*.tsv files")
+    runs = {
+        label: [analysis.read_tsv(p) for p in by_seed.values()] for label, by_seed in paths.items()
+    }
+    table = analysis.seeds_table(runs, args.radii)
+    print(table, end="")
+    if args.markdown:
+        pathlib.Path(args.markdown).write_text(table)
+    if args.plot:
+        first = seed_dirs[0].name
+        shown = {
+            label: analysis.read_tsv(by_seed[first])
+            for label, by_seed in paths.items()
+            if first in by_seed
+        }
+        title = f"{args.title or ''} ({first})".strip()
+        analysis.plot_certified_accuracy(shown, args.plot, title=title, max_radius=args.max_radius)
+    if args.json:
+        summaries = {
+            label: {
+                seed: {"path": str(path), **analysis.summarize(analysis.read_tsv(path), args.radii)}
+                for seed, path in by_seed.items()
+            }
+            for label, by_seed in paths.items()
         }
         with open(args.json, "w") as f:
             json.dump(summaries, f, indent=2)

@@ -1,7 +1,7 @@
 """Train a base classifier with noise augmentation from a config file; resumes from --workdir.
 
   python experiments/train.py --config experiments/configs/mnist5k_lenet_gaussian.py \
-      --workdir runs/mnist5k_lenet [--smoke] [--fail-on-collapse]
+      --workdir runs/mnist5k_lenet [--smoke] [--fail-on-collapse] [--stop-after-epochs E]
 
 Every epoch's held-out evaluation is checked for collapse (rsjax.train.collapse_reason): a warning, or
 with --fail-on-collapse an error after that epoch's checkpoint is saved.
@@ -21,11 +21,19 @@ def main(argv=None):
     parser.add_argument("--config", required=True, help="experiments/configs/*.py")
     parser.add_argument("--workdir", required=True, help="run directory (checkpoints, metrics)")
     parser.add_argument("--smoke", action="store_true", help="tiny settings that run in seconds")
-    parser.add_argument(
+    stop = parser.add_mutually_exclusive_group()
+    stop.add_argument(
         "--stop-after-step",
         type=int,
         default=None,
         help="stop (with a checkpoint) after this many steps in total",
+    )
+    stop.add_argument(
+        "--stop-after-epochs",
+        type=int,
+        default=None,
+        help="stop (with a checkpoint and that epoch's held-out evaluation) after this many "
+        "epochs of the config's schedule (a short check of a long config)",
     )
     parser.add_argument(
         "--fail-on-collapse",
@@ -38,7 +46,12 @@ def main(argv=None):
     config = cli.load_config(args.config, smoke=args.smoke)
     if args.fail_on_collapse and config.get("kind", "classifier") != "classifier":
         parser.error("--fail-on-collapse needs a classifier config (collapse is read from votes)")
+    if args.stop_after_epochs is not None and args.stop_after_epochs < 1:
+        parser.error(f"--stop-after-epochs must be >= 1, got {args.stop_after_epochs}")
     train_set, held_out = cli.train_and_test(config, args)
+    stop_after_step = args.stop_after_step
+    if args.stop_after_epochs is not None:
+        stop_after_step = args.stop_after_epochs * (len(train_set.labels) // config["batch_size"])
     records.check_writable(f"{args.workdir}/config.json")
     records.write_json(
         f"{args.workdir}/config.json",
@@ -55,7 +68,7 @@ def main(argv=None):
         config,
         train_set,
         held_out,
-        stop_after_step=args.stop_after_step,
+        stop_after_step=stop_after_step,
         **({"fail_on_collapse": True} if args.fail_on_collapse else {}),
     )
     print(

@@ -281,6 +281,34 @@ def markdown_table(named_results: Mapping[str, CertResults], radii=DEFAULT_RADII
     return "\n".join(lines) + "\n"
 
 
+def seeds_table(named_seeds: Mapping[str, Sequence[CertResults]], radii=DEFAULT_RADII) -> str:
+    """A markdown table over seeds: one row per run name, each cell ``mean ± h`` of certified
+    accuracy at r (and of the ACR) over that name's seeds, with h half the range (max - min) / 2;
+    ``seeds`` counts them and ``n`` gives the rows per seed (all seeds must certify the same number).
+    """
+    radii = [float(r) for r in np.atleast_1d(np.asarray(radii, dtype=np.float64))]
+    head = ["run", *(f"r={r:g}" for r in radii), "ACR", "seeds", "n"]
+    lines = [
+        "| " + " | ".join(head) + " |",
+        "|" + "|".join(["---", *["---:"] * (len(head) - 1)]) + "|",
+    ]
+    for name, seeds in named_seeds.items():
+        if not seeds:
+            raise ValueError(f"run {name!r}: no seeds")
+        sizes = sorted({len(r.radius) for r in seeds})
+        if len(sizes) != 1:
+            raise ValueError(f"run {name!r}: its seeds certify different numbers of rows {sizes}")
+        values = np.array(
+            [[*certified_accuracy(r, radii), average_certified_radius(r)] for r in seeds]
+        )
+        mean, half = values.mean(axis=0), (values.max(axis=0) - values.min(axis=0)) / 2
+        cells = [str(name).replace("|", "\\|")]
+        cells += [f"{m:.3f} ± {h:.3f}" for m, h in zip(mean, half, strict=True)]
+        cells += [str(len(seeds)), str(sizes[0])]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def plot_certified_accuracy(
     named_results: Mapping[str, CertResults],
     path: str | os.PathLike,

@@ -67,6 +67,26 @@ class LeNet(nn.Module):
         return nn.Dense(self.num_classes)(x)
 
 
+class LeNetBN(nn.Module):
+    """LeNet with batch norm after both convolutions and the hidden dense layer (before each relu):
+    the batch-norm variant for losses that train unstably on plain LeNet (MACER's hinge)."""
+
+    num_classes: int
+    mean: Sequence[float] = (0.0,)
+    std: Sequence[float] = (1.0,)
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        norm = lambda: nn.BatchNorm(use_running_average=not train, momentum=0.9)  # noqa: E731
+        x = Normalize(self.mean, self.std)(x)
+        x = nn.Conv(20, (5, 5), padding="VALID", use_bias=False)(x)
+        x = nn.max_pool(nn.relu(norm()(x)), (2, 2), (2, 2))
+        x = nn.Conv(50, (5, 5), padding="VALID", use_bias=False)(x)
+        x = nn.max_pool(nn.relu(norm()(x)), (2, 2), (2, 2))
+        x = nn.relu(norm()(nn.Dense(500, use_bias=False)(x.reshape(x.shape[0], -1))))
+        return nn.Dense(self.num_classes)(x)
+
+
 class BasicBlock(nn.Module):
     """Two 3x3 convolutions with batch norm and an identity (or 1x1 projection) shortcut."""
 
@@ -113,6 +133,7 @@ class CifarResNet(nn.Module):
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "linear": LinearClassifier,
     "lenet": LeNet,
+    "lenet_bn": LeNetBN,
     "resnet20": lambda **kw: CifarResNet(depth=20, **kw),
     "resnet110": lambda **kw: CifarResNet(depth=110, **kw),
 }

@@ -317,3 +317,27 @@ def test_sequential_columns_and_comparison(tmp_path):
         analysis.compare_sequential(a, a)
     with pytest.raises(ValueError, match="same indices"):
         analysis.compare_sequential(a, b._replace(idx=b.idx[::-1]))
+
+
+def test_seeds_cli_groups_runs_over_seeds(tmp_path):
+    """Two seeds of one run: seed 1 is seed 0 with image 1's prediction made wrong, so acc(0) is
+    0.6 and 0.5 (mean 0.55, half range 0.05) and the ACR drops by 0.025 (radius 0.25 / 10)."""
+    worse = HAND_TSV.replace("1\t7\t7\t0.25\t1\t0.25", "1\t7\t2\t0.25\t0\t0.25")
+    for seed, text in (("seed0", HAND_TSV), ("seed1", worse)):
+        folder = tmp_path / seed / "gaussian" / "certify"
+        folder.mkdir(parents=True)
+        (folder / "cohen.tsv").write_text(text)
+    md, js = tmp_path / "seeds.md", tmp_path / "seeds.json"
+    cmd = [sys.executable, "experiments/analyze.py", "--seeds", str(tmp_path), "--radii", "0", "1"]
+    cmd += ["--markdown", str(md), "--json", str(js)]
+    proc = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr
+    acr = (HAND_ACR + HAND_ACR - 0.025) / 2
+    row = f"| gaussian/cohen | 0.550 ± 0.050 | 0.200 ± 0.000 | {acr:.3f} ± 0.013 | 2 | 10 |"
+    assert row in md.read_text()
+    summary = json.loads(js.read_text())["gaussian/cohen"]
+    assert summary["seed1"]["certified_accuracy"]["0.0"] == 0.5
+    ragged = tmp_path / "seed1" / "gaussian" / "certify" / "cohen.tsv"
+    ragged.write_text("\n".join(worse.splitlines()[:-3]) + "\n")
+    proc = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, check=False)
+    assert proc.returncode != 0 and "different numbers of rows" in proc.stderr

@@ -9,14 +9,20 @@ from rsjax import models
 
 
 @pytest.mark.parametrize(
-    "name,shape", [("linear", (28, 28, 1)), ("lenet", (28, 28, 1)), ("resnet20", (32, 32, 3))]
+    "name,shape",
+    [
+        ("linear", (28, 28, 1)),
+        ("lenet", (28, 28, 1)),
+        ("lenet_bn", (28, 28, 1)),
+        ("resnet20", (32, 32, 3)),
+    ],
 )
 def test_logits_shape_and_eval_mode(name, shape):
     model = models.make_model(name, num_classes=10)
     variables = models.init_variables(model, jax.random.key(0), shape)
     logits = models.make_logits_fn(model)(variables, jnp.zeros((3, *shape)))
     assert logits.shape == (3, 10) and logits.dtype == jnp.float32
-    assert ("batch_stats" in variables) == name.startswith("resnet")
+    assert ("batch_stats" in variables) == (name == "lenet_bn" or name.startswith("resnet"))
 
 
 def test_resnet_depths():

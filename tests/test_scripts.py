@@ -60,3 +60,53 @@ def test_train_script_rejects_missing_config(tmp_path):
         timeout=120,
     )
     assert out.returncode != 0 and "config file not found" in out.stderr
+
+
+def _fake_run(folder, config, records):
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps({"config": config}))
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+
+
+def test_training_check_table_reads_the_runs(tmp_path):
+    """experiments/training_check.py's table: a run that trains, a collapsed one, one stopped before
+    its first evaluation, one not started and the configs whose data is not here."""
+    sys.path.insert(0, os.path.join(REPO, "experiments"))
+    try:
+        import training_check
+    finally:
+        sys.path.pop(0)
+    window = {"loss": 0.5, "accuracy": 0.81, "step": 468, "epoch": 0, "images_per_s": 1.0}
+    healthy = {"step": 468, "epoch": 1, "smoothed_accuracy": 0.783, "top_class_fraction": 0.14}
+    _fake_run(
+        tmp_path / "fashion_gaussian_0.5", {"k": 1}, [window, {**healthy, "collapsed": False}]
+    )
+    dead = dict(healthy, smoothed_accuracy=0.1, top_class_fraction=1.0, collapsed=True)
+    dead["collapse_reason"] = "100.0% of the held-out noisy-copy predictions are class 3 (> 90%)"
+    _fake_run(tmp_path / "fashion_macer_0.5", {"k": 16}, [window, dead])
+    _fake_run(tmp_path / "fashion_adre_0.5", {"k": 8}, [dict(window, step=50)])
+    (tmp_path / "wall_times.jsonl").write_text(
+        json.dumps({"name": "fashion_gaussian_0.5", "epochs": 1, "wall_s": 40.4, "rc": 0}) + "\n"
+    )
+    rows = {line.split(" | ")[0][2:]: line for line in training_check.table(tmp_path).splitlines()}
+    assert "| 1 | 468 (1) | 0.810 | 0.783 | 0.140 | trains | 40 |" in rows["fashion_gaussian_0.5"]
+    assert "COLLAPSED: 100.0% of the held-out" in rows["fashion_macer_0.5"]
+    assert "| 8 | 50 | 0.810 | - | - | no epoch done |" in rows["fashion_adre_0.5"]
+    assert "not run yet" in rows["fashion_gaussian_1.0"]
+    assert (
+        "needs CIFAR-10" in rows["cifar10_macer_0.5"]
+        and "needs the MNIST" in rows["mnist_adre_1.0"]
+    )
+
+
+def test_train_script_rejects_zero_epochs(tmp_path):
+    config = "experiments/configs/mnist5k_lenet_gaussian.py"
+    out = subprocess.run(
+        [sys.executable, "experiments/train.py", "--config", config, "--workdir", str(tmp_path)]
+        + ["--stop-after-epochs", "0"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode != 0 and "--stop-after-epochs must be >= 1, got 0" in out.stderr

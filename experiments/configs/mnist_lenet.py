@@ -2,7 +2,9 @@
 
 method in {gaussian, adre, adre_adv, smoothadv, macer}, sigma in {0.25, 0.5, 1.0}; optional lam=, k=, eps=
 override the method's defaults (experiments/configs/methods.py), e.g. the ADRE lambda sweep, and epochs=,
-batch_size=, learning_rate=, warmup_epochs= (the attack's eps warm-up; MACER's lam with macer_warmup=1) the schedule.
+batch_size=, learning_rate=, warmup_epochs= (the attack's eps warm-up; MACER's lam with macer_warmup=1) the schedule,
+lr_warmup_epochs= and clip_norm= (0: off) the stability settings, model=lenet_bn the batch-norm LeNet,
+seed= the initialisation, noise and data order.
 
 Stability: the learning rate warms up linearly over the first lr_warmup_epochs= (default 1) epoch and
 gradients are clipped to global norm 10 (rsjax.train.fit's lr_warmup_epochs, clip_norm). Healthy LeNet
@@ -36,10 +38,13 @@ def get_config(
     warmup_epochs: int = 10,
     macer_warmup: int = 0,
     lr_warmup_epochs: float = 1,
+    clip_norm: float = 10.0,
+    model: str = "lenet",
+    seed: int = 0,
 ) -> dict:
     config = dict(
         dataset="mnist",
-        model="lenet",
+        model=model,
         sigma=float(sigma),
         **methods.training(
             method,
@@ -59,8 +64,8 @@ def get_config(
         schedule="cosine",
         decay_every_epochs=0,
         lr_warmup_epochs=float(lr_warmup_epochs),
-        clip_norm=10.0,
-        seed=0,
+        clip_norm=float(clip_norm) or None,
+        seed=int(seed),
         checkpoint_every=1000,
     )
     return methods.smoke(config) if smoke else config
