@@ -12,7 +12,8 @@ Command:  python experiments/train.py --config experiments/configs/mnist5k_lenet
               --workdir runs/mnist5k_lenet_0.5 --data-source-dir ../shared/data/mnist-test
 Expected: certified on every 20th MNIST test image (500) at n = 10,000 (experiments/README.md, EB
           section): CERTIFY ACR 0.730 (sigma 0.25), 1.061 (0.5); at 1.0 lr 0.02 kills the network
-          within 50 steps (one class predicted, ACR 0.365): a collapsed model, not a result.
+          within 50 steps without a warm-up (ACR 0.365, collapsed); with the warm-up and clipping
+          (2026-12-03) CERTIFY ACR 1.162, T-CERTIFY 1.295.
 Wall time: 80-100 s on 2 CPU cores (AMD EPYC, jax 0.10.2), shared with other jobs.
 """
 
