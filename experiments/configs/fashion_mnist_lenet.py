@@ -3,7 +3,9 @@
 method in {gaussian, adre, adre_adv, smoothadv, macer}, sigma in {0.25, 0.5, 1.0}; optional lam=, k=, eps=
 override the method's defaults (experiments/configs/methods.py), e.g. the ADRE lambda sweep, and epochs=,
 batch_size=, learning_rate=, warmup_epochs= (the attack's eps warm-up; MACER's lam with macer_warmup=1) the schedule,
-lr_warmup_epochs= and clip_norm= (0: off) the stability settings, model=lenet_bn the batch-norm LeNet,
+lr_warmup_epochs= and clip_norm= (0: off) the stability settings, model= the network (default lenet, and
+lenet_bn, LeNet with batch norm, for MACER: its hinge does not train the plain LeNet, see
+experiments/README.md),
 seed= the initialisation, noise and data order.
 
 Stability: the learning rate warms up linearly over the first lr_warmup_epochs= (default 1) epoch and
@@ -40,12 +42,12 @@ def get_config(
     macer_warmup: int = 0,
     lr_warmup_epochs: float = 1,
     clip_norm: float = 10.0,
-    model: str = "lenet",
+    model: str | None = None,
     seed: int = 0,
 ) -> dict:
     config = dict(
         dataset="fashion_mnist",
-        model=model,
+        model=model or ("lenet_bn" if method == "macer" else "lenet"),
         sigma=float(sigma),
         **methods.training(
             method,
