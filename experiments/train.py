@@ -39,13 +39,13 @@ def main(argv=None):
         "--fail-on-collapse",
         action="store_true",
         help="stop with an error (after saving that epoch's checkpoint) when the held-out votes "
-        "show a collapsed classifier, instead of a warning (classifier configs only)",
+        "show a collapsed classifier, instead of a warning (classifier and xhat configs)",
     )
     cli.add_data_flags(parser)
     args = parser.parse_args(argv)
     config = cli.load_config(args.config, smoke=args.smoke)
-    if args.fail_on_collapse and config.get("kind", "classifier") != "classifier":
-        parser.error("--fail-on-collapse needs a classifier config (collapse is read from votes)")
+    if args.fail_on_collapse and config.get("kind", "classifier") == "denoiser":
+        parser.error("--fail-on-collapse needs a classifier or xhat config (it reads votes)")
     if args.stop_after_epochs is not None and args.stop_after_epochs < 1:
         parser.error(f"--stop-after-epochs must be >= 1, got {args.stop_after_epochs}")
     train_set, held_out = cli.train_and_test(config, args)

@@ -106,7 +106,7 @@ def walls(runs: pathlib.Path):
 
 def table(runs: pathlib.Path) -> str:
     lines = [
-        "| run | config | k | steps (epochs) | train noisy-copy acc. (last 50 steps) "
+        "| run | config | k | steps (epochs) | train noisy-copy acc. (last log window) "
         "| held-out smoothed acc. | top class share | verdict | wall s |",
         "|---|---|---:|---:|---:|---:|---:|---|---:|",
     ]

@@ -217,6 +217,7 @@ def fit_xhat(
     eval_labels: np.ndarray | None = None,
     eval_noise: int = 32,
     eval_max: int = 500,
+    fail_on_collapse: bool = False,
 ) -> train.TrainState:
     """XHAT(eps): trains classifier `model_name` end-to-end on xhat of the denoiser in `denoiser_dir`
     at SmoothAdv points, at the denoiser's sigma; resumes from `workdir`.
@@ -227,7 +228,9 @@ def fit_xhat(
     on xhat(x + eta) (rsjax.losses.gaussian_augmentation_loss). finetune: the score network trains
     too (same optimizer); otherwise its parameters are frozen (no gradient, no update). sigma, if
     given, must equal the denoiser's (a guard against pairing the wrong runs).
-    Classifier training options and eval as in rsjax.train.fit (SGD with momentum).
+    Classifier training options, eval, the collapse check of every held-out evaluation
+    (CollapseWarning, or with fail_on_collapse CollapseError) as in rsjax.train.fit (SGD with
+    momentum).
     Returns:
       The final TrainState, params {"classifier", "score"}; meta kind "eb_classifier".
     """
@@ -312,7 +315,7 @@ def fit_xhat(
     def evaluate(state):
         if eval_images is None:
             return None
-        accuracy = train.vote_accuracy(
+        summary = train.vote_summary(
             eval_key,
             logits_fn,
             _eb_variables(state),
@@ -323,11 +326,13 @@ def fit_xhat(
             num_noise=eval_noise,
             mesh=mesh,
         )
-        return {
-            "smoothed_accuracy": accuracy,
-            "eval_examples": min(eval_max, len(eval_labels)),
-            "eval_noise": eval_noise,
-        }
+        return train.evaluation_record(
+            summary,
+            num_classes=num_classes,
+            after_warmup=True,  # evaluated after whole epochs; fit_xhat has no lr warm-up
+            eval_examples=min(eval_max, len(eval_labels)),
+            eval_noise=eval_noise,
+        )
 
     return train.train_loop(
         workdir,
@@ -348,6 +353,7 @@ def fit_xhat(
         show_progress=show_progress,
         name=f"xhat {model_name}",
         eval_fn=evaluate,
+        fail_on_collapse=fail_on_collapse,
     )
 
 

@@ -321,18 +321,13 @@ def fit(
             mesh=mesh,
         )
         epochs_done = int(sharding.gather(state.step)) // steps_per_epoch
-        reason = collapse_reason(
-            summary, num_classes=num_classes, after_warmup=epochs_done >= lr_warmup_epochs
+        return evaluation_record(
+            summary,
+            num_classes=num_classes,
+            after_warmup=epochs_done >= lr_warmup_epochs,
+            eval_examples=min(eval_max, len(eval_labels)),
+            eval_noise=eval_noise,
         )
-        return {
-            "smoothed_accuracy": summary.accuracy,
-            "top_class_fraction": summary.top_class_fraction,
-            "top_class": summary.top_class,
-            "eval_examples": min(eval_max, len(eval_labels)),
-            "eval_noise": eval_noise,
-            "collapsed": reason is not None,
-            **({"collapse_reason": reason} if reason else {}),
-        }
 
     return train_loop(
         workdir,
@@ -355,6 +350,22 @@ def fit(
         eval_fn=evaluate,
         fail_on_collapse=fail_on_collapse,
     )
+
+
+def evaluation_record(summary, *, num_classes, after_warmup, eval_examples, eval_noise) -> dict:
+    """The metrics record of one held-out evaluation (a VoteSummary) with its collapse verdict:
+    smoothed_accuracy, top_class_fraction, top_class, eval_examples, eval_noise, collapsed and,
+    when collapsed, collapse_reason (see collapse_reason)."""
+    reason = collapse_reason(summary, num_classes=num_classes, after_warmup=after_warmup)
+    return {
+        "smoothed_accuracy": summary.accuracy,
+        "top_class_fraction": summary.top_class_fraction,
+        "top_class": summary.top_class,
+        "eval_examples": eval_examples,
+        "eval_noise": eval_noise,
+        "collapsed": reason is not None,
+        **({"collapse_reason": reason} if reason else {}),
+    }
 
 
 def collapse_reason(summary: "VoteSummary", *, num_classes: int, after_warmup: bool = True):

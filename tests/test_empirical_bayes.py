@@ -116,6 +116,30 @@ def test_fit_denoiser_rejects_bad_sigma(tmp_path):
         )
 
 
+LINEAR_XHAT = dict(model_name="linear", dataset="mnist", num_classes=3, epochs=1, batch_size=8)
+
+
+def test_fit_xhat_flags_a_collapsed_classifier(tmp_path):
+    """XHAT trained on labels that are all class 0 votes class 0 on a balanced held-out set: the
+    epoch's evaluation record says collapsed, with a CollapseWarning, or a CollapseError with
+    fail_on_collapse."""
+    images, labels = _images(32)
+    denoiser_dir = tmp_path / "denoiser"
+    empirical_bayes.fit_denoiser(jax.random.key(0), denoiser_dir, images=images, **DENOISER)
+    held_out = dict(eval_images=images[:30], eval_labels=labels[:30], eval_noise=8)
+    xhat = dict(LINEAR_XHAT, images=images, labels=np.zeros_like(labels), **held_out)
+    xhat.update(denoiser_dir=denoiser_dir, eps=0.0, learning_rate=0.5, show_progress=False)
+    with pytest.warns(train.CollapseWarning, match="class 0"):
+        empirical_bayes.fit_xhat(jax.random.key(1), tmp_path / "warn", **xhat)
+    records = [json.loads(line) for line in open(tmp_path / "warn" / "metrics.jsonl")]
+    (record,) = [r for r in records if "smoothed_accuracy" in r]
+    assert record["collapsed"] is True and record["top_class"] == 0
+    with pytest.raises(train.CollapseError, match="epoch 1"):
+        empirical_bayes.fit_xhat(
+            jax.random.key(1), tmp_path / "fail", fail_on_collapse=True, **xhat
+        )
+
+
 @pytest.mark.parametrize("finetune", [False, True])
 def test_fit_xhat_trains_the_classifier_on_xhat_and_loads_for_certification(tmp_path, finetune):
     images, labels = _images(32)
