@@ -292,3 +292,11 @@ def test_empirical_bayes_configs_smoke(tmp_path):
     sidecar = json.loads((tmp_path / "wj" / "cohen.tsv.json").read_text())
     assert sidecar["settings"]["sigma"] == 0.5
     assert sidecar["settings"]["walk_jump"]["num_steps"] == 2
+
+
+def test_macer_trains_the_batch_norm_lenet_by_default():
+    for name in ("mnist_lenet", "fashion_mnist_lenet"):
+        assert _config(f"{name}:method=macer,sigma=0.5", False)["model"] == "lenet_bn"
+        assert _config(f"{name}:method=gaussian,sigma=0.5", False)["model"] == "lenet"
+        plain = _config(f"{name}:method=macer,sigma=0.5,model=lenet,clip_norm=0,seed=3", False)
+        assert (plain["model"], plain["clip_norm"], plain["seed"]) == ("lenet", None, 3)
