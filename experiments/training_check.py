@@ -7,7 +7,8 @@ schedule (train.py --stop-after-epochs E), then one table of the held-out votes 
 A run stops at the end of epoch E with that epoch's held-out evaluation (smoothed accuracy of the
 majority vote over noisy copies, the most common class's share of the votes, and rsjax.train's
 collapse verdict), so the learning-rate warm-up (one epoch) is behind it. Runs resume: rerun to
-continue, or with a larger --epochs to go further. Specs run cheapest first; the configs whose data
+continue, or with a larger --epochs to go further. Specs run cheap ones first (MACER, once collapsed, right
+after Gaussian); the configs whose data
 is not on this machine (full MNIST, CIFAR-10) are listed as not run, with the reason.
 """
 
@@ -20,7 +21,7 @@ import time
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 CONFIGS = REPO / "experiments" / "configs"
-METHODS = ("gaussian", "smoothadv", "adre", "macer", "adre_adv")  # about cheapest first
+METHODS = ("gaussian", "macer", "smoothadv", "adre", "adre_adv")  # MACER (was collapsed) early
 SIGMAS = (0.25, 0.5, 1.0)
 MNIST_TEST = ["--data-source-dir", str(REPO.parent / "shared" / "data" / "mnist-test")]
 
