@@ -7,9 +7,9 @@ schedule (train.py --stop-after-epochs E), then one table of the held-out votes 
 A run stops at the end of epoch E with that epoch's held-out evaluation (smoothed accuracy of the
 majority vote over noisy copies, the most common class's share of the votes, and rsjax.train's
 collapse verdict), so the learning-rate warm-up (one epoch) is behind it. Runs resume: rerun to
-continue, or with a larger --epochs to go further. Specs run cheap ones first (MACER, once collapsed, right
-after Gaussian); the configs whose data
-is not on this machine (full MNIST, CIFAR-10) are listed as not run, with the reason.
+continue, or with a larger --epochs to go further. Cheap specs run first, and MACER (once collapsed)
+right after Gaussian; the configs whose data is not on this machine (full MNIST, CIFAR-10) are listed
+as not run, with the reason.
 """
 
 import argparse
