@@ -2,7 +2,11 @@
 schedule (train.py --stop-after-epochs E), then one table of the held-out votes after each run.
 
   python experiments/training_check.py [--runs runs/training_check] [--epochs 1] [--only fashion]
-  python experiments/training_check.py --report-only --table experiments/results/training_check/table.md
+  python experiments/training_check.py --report-only --export experiments/results/training_check
+
+--export copies each run's config.json and metrics.jsonl and the wall times to a folder that is
+committed (runs/ is not) and writes its table.md; `--report-only --runs` that folder redraws the
+table, and copying it back to runs/training_check lets a later session add the specs not yet run.
 
 A run stops at the end of epoch E with that epoch's held-out evaluation (smoothed accuracy of the
 majority vote over noisy copies, the most common class's share of the votes, and rsjax.train's
@@ -15,6 +19,7 @@ as not run, with the reason.
 import argparse
 import json
 import pathlib
+import shutil
 import subprocess
 import sys
 import time
@@ -141,6 +146,24 @@ def table(runs: pathlib.Path) -> str:
     return "\n".join(lines) + "\n"
 
 
+def export(runs: pathlib.Path, dest: pathlib.Path) -> list[str]:
+    """Copy every run's config.json and metrics.jsonl (not its checkpoints) and wall_times.jsonl
+    from `runs` to `dest`, then write dest/table.md; returns the names copied."""
+    dest.mkdir(parents=True, exist_ok=True)
+    copied = []
+    for name, *_ in specs():
+        if summary(runs / name) is None:
+            continue
+        (dest / name).mkdir(exist_ok=True)
+        for file in ("config.json", "metrics.jsonl"):
+            shutil.copyfile(runs / name / file, dest / name / file)
+        copied.append(name)
+    if (runs / "wall_times.jsonl").exists():
+        shutil.copyfile(runs / "wall_times.jsonl", dest / "wall_times.jsonl")
+    (dest / "table.md").write_text(table(dest))
+    return copied
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", default="runs/training_check", help="one workdir per spec here")
@@ -148,6 +171,9 @@ def main(argv=None):
     parser.add_argument("--only", default="", help="run only the specs whose name contains this")
     parser.add_argument("--report-only", action="store_true", help="write the table, train nothing")
     parser.add_argument("--table", default=None, help="also write the markdown table here")
+    parser.add_argument(
+        "--export", default=None, help="copy configs, metrics and wall times here, with table.md"
+    )
     args = parser.parse_args(argv)
     if args.epochs < 1:
         parser.error(f"--epochs must be >= 1, got {args.epochs}")
@@ -162,6 +188,11 @@ def main(argv=None):
     if args.table:
         pathlib.Path(args.table).parent.mkdir(parents=True, exist_ok=True)
         pathlib.Path(args.table).write_text(text)
+    if args.export:
+        if pathlib.Path(args.export).resolve() == runs.resolve():
+            parser.error("--export must name a folder other than --runs")
+        names = export(runs, pathlib.Path(args.export))
+        print(f"exported {len(names)} runs to {args.export}")
 
 
 if __name__ == "__main__":

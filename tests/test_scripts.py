@@ -97,6 +97,11 @@ def test_training_check_table_reads_the_runs(tmp_path):
         "needs CIFAR-10" in rows["cifar10_macer_0.5"]
         and "needs the MNIST" in rows["mnist_adre_1.0"]
     )
+    (tmp_path / "fashion_macer_0.5" / "checkpoints").mkdir()
+    copied = training_check.export(tmp_path, tmp_path / "exported")
+    assert copied == ["fashion_gaussian_0.5", "fashion_macer_0.5", "fashion_adre_0.5"]
+    assert not (tmp_path / "exported" / "fashion_macer_0.5" / "checkpoints").exists()
+    assert (tmp_path / "exported" / "table.md").read_text() == training_check.table(tmp_path)
 
 
 def test_train_script_rejects_zero_epochs(tmp_path):
