@@ -13,8 +13,8 @@
 # Environment (defaults): EPOCHS (10), SEEDS ("0 1"), K (4: noisy copies for ADRE, ADRE-ADV and
 # MACER), ONLY (run only the methods whose run name contains this), SEQUENTIAL (1; 0: fixed n
 # only), EXPORT (a folder: after each run, copy its config, metrics, TSVs and sidecars there, no
-# checkpoints; experiments/results/fashion_mnist_0.5_long is the committed one), PY (.venv/bin/python). MACER trains the config's default for it, LeNet with batch norm
-# (lenet_bn): its hinge does not train the plain LeNet (experiments/README.md).
+# checkpoints; experiments/results/fashion_mnist_0.5_long is the committed one), PY
+# (.venv/bin/python). MACER trains the config's default for it, LeNet with batch norm (lenet_bn): its hinge does not train the plain LeNet (experiments/README.md).
 # The 2-epoch table committed in experiments/results/fashion_mnist_0.5/ came from the version of this
 # script in commit 2739714 (EPOCHS=2, one seed, lambdas 0.1, 0.5, 2, no warm-up or clipping).
 set -euo pipefail

@@ -178,6 +178,8 @@ def main(argv=None):
     if args.epochs < 1:
         parser.error(f"--epochs must be >= 1, got {args.epochs}")
     runs = pathlib.Path(args.runs)
+    if args.export and pathlib.Path(args.export).resolve() == runs.resolve():
+        parser.error("--export must name a folder other than --runs")
     runs.mkdir(parents=True, exist_ok=True)
     if not args.report_only:
         for name, config, flags, reason in specs():
@@ -189,8 +191,6 @@ def main(argv=None):
         pathlib.Path(args.table).parent.mkdir(parents=True, exist_ok=True)
         pathlib.Path(args.table).write_text(text)
     if args.export:
-        if pathlib.Path(args.export).resolve() == runs.resolve():
-            parser.error("--export must name a folder other than --runs")
         names = export(runs, pathlib.Path(args.export))
         print(f"exported {len(names)} runs to {args.export}")
 
