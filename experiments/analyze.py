@@ -3,6 +3,11 @@
     python experiments/analyze.py RUN.tsv [RUN2.tsv ...] [--labels a b] \
         [--radii 0 0.25 0.5 0.75 1.0] [--markdown out.md] [--plot out.png] [--json out.json]
     python experiments/analyze.py --seeds RUNS_DIR [--radii ...] [--markdown ...] [--json ...]
+    python experiments/analyze.py ... --paired A B [--paired C D ...]
+
+--paired A B adds a table of run A minus run B on the same images (rsjax.analysis.paired_difference):
+the certified-accuracy and ACR differences with the paired SE; A and B are labels, or with --seeds
+NAME/METHOD, paired within each seed that has both.
 
 --seeds reads RUNS_DIR/seed*/NAME/certify/METHOD.tsv and gives one row per NAME/METHOD: the mean over
 seeds and half the range (rsjax.analysis.seeds_table); the plot shows the first seed's curves.
@@ -30,6 +35,14 @@ def main(argv=None):
     parser.add_argument("--title", help="plot title")
     parser.add_argument("--max-radius", type=float, help="x range of the plot")
     parser.add_argument("--json", help="write the summaries here")
+    parser.add_argument(
+        "--paired",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("A", "B"),
+        help="also tabulate run A minus run B, image by image (repeatable)",
+    )
     args = parser.parse_args(argv)
 
     if args.seeds:
@@ -46,6 +59,14 @@ def main(argv=None):
     runs = {label: analysis.read_tsv(path) for label, path in zip(labels, args.tsv, strict=True)}
 
     table = analysis.markdown_table(runs, args.radii)
+    pairs = {}
+    for a, b in args.paired:
+        for label in (a, b):
+            if label not in runs:
+                parser.error(f"--paired: no run labelled {label!r} (labels: {', '.join(runs)})")
+        pairs[f"{a} - {b}"] = analysis.paired_difference(runs[a], runs[b], args.radii)
+    if pairs:
+        table += "\n" + analysis.paired_table(pairs, args.radii)
     print(table, end="")
     if args.markdown:
         with open(args.markdown, "w") as f:
@@ -78,6 +99,20 @@ def seeds_report(args, parser):
         label: [analysis.read_tsv(p) for p in by_seed.values()] for label, by_seed in paths.items()
     }
     table = analysis.seeds_table(runs, args.radii)
+    pairs = {}
+    for a, b in args.paired:
+        for label in (a, b):
+            if label not in paths:
+                parser.error(f"--paired: no run {label!r} (runs: {', '.join(paths)})")
+        shared = [seed for seed in paths[a] if seed in paths[b]]
+        if not shared:
+            parser.error(f"--paired: {a} and {b} have no seed in common")
+        for seed in shared:
+            pairs[f"{a} - {b} ({seed})"] = analysis.paired_difference(
+                analysis.read_tsv(paths[a][seed]), analysis.read_tsv(paths[b][seed]), args.radii
+            )
+    if pairs:
+        table += "\n" + analysis.paired_table(pairs, args.radii)
     print(table, end="")
     if args.markdown:
         pathlib.Path(args.markdown).write_text(table)

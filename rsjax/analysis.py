@@ -13,7 +13,9 @@ Metrics, over the N rows of one file (every example the run certified, including
 - certified accuracy at r: ``acc(r) = (1/N) * #{i : correct_i = 1 and radius_i >= r}``; ``acc(0)``
   is the smoothed classifier's accuracy on clean inputs;
 - average certified radius: ``ACR = (1/N) * sum_i radius_i * correct_i`` (abstains and wrong
-  answers count 0).
+  answers count 0);
+- paired difference of two runs on the same examples: ``ACR(a) - ACR(b)`` as the mean of per-example
+  differences of radius * correct, with its standard error (:func:`paired_difference`).
 
 Results on a subset of a test set (say every 20th image) differ from the full test set: say which.
 
@@ -260,6 +262,86 @@ def sample_counts(results: CertResults) -> dict:
         "median_samples": float(np.median(used)),
         "total_samples": int(used.sum()),
     }
+
+
+class PairedDifference(NamedTuple):
+    """Run a minus run b on the same examples (see :func:`paired_difference`).
+
+    Attributes:
+      n: number of examples both runs certified.
+      acr: ACR(a) - ACR(b), the mean per-example difference of radius * correct.
+      acr_se: standard error of that mean, std(d, ddof=1) / sqrt(n) (0 for n = 1).
+      certified_accuracy: {r: acc_a(r) - acc_b(r)} at the requested radii.
+      larger: examples whose radius * correct is larger in a.
+      smaller: examples whose radius * correct is smaller in a.
+    """
+
+    n: int
+    acr: float
+    acr_se: float
+    certified_accuracy: dict
+    larger: int
+    smaller: int
+
+
+def paired_difference(a: CertResults, b: CertResults, radii=DEFAULT_RADII) -> PairedDifference:
+    """The difference of two runs on the same examples, paired example by example.
+
+    With ``d_i = radius_i(a) * correct_i(a) - radius_i(b) * correct_i(b)`` over the N examples (rows
+    matched by ``idx``, in any order), ``ACR(a) - ACR(b) = mean(d)`` and its standard error is
+    ``std(d, ddof=1) / sqrt(N)``. The SE covers the choice of examples only: it says nothing of
+    training noise (another seed), which needs runs of several seeds.
+
+    Raises:
+      ValueError: if the runs are empty, an ``idx`` repeats within a run, or the two runs do not
+        hold the same set of ``idx`` (naming how many are missing from each side).
+    """
+    n = _check_nonempty(a)
+    _check_nonempty(b)
+    for name, r in (("a", a), ("b", b)):
+        if np.unique(r.idx).size != r.idx.size:
+            raise ValueError(f"run {name} lists an idx more than once: rows cannot be paired")
+    only_a = np.setdiff1d(a.idx, b.idx)
+    only_b = np.setdiff1d(b.idx, a.idx)
+    if only_a.size or only_b.size:
+        raise ValueError(
+            f"the runs certify different examples: {only_a.size} idx only in a "
+            f"(first {only_a[:3].tolist()}), {only_b.size} only in b (first {only_b[:3].tolist()})"
+        )
+
+    def credited(r):
+        order = np.argsort(r.idx, kind="stable")
+        return np.where(np.asarray(r.correct, bool), np.asarray(r.radius, np.float64), 0.0)[order]
+
+    d = credited(a) - credited(b)
+    radii = [float(r) for r in np.atleast_1d(np.asarray(radii, dtype=np.float64))]
+    acc = certified_accuracy(a, radii) - certified_accuracy(b, radii)
+    return PairedDifference(
+        n=n,
+        acr=float(d.mean()),
+        acr_se=float(d.std(ddof=1) / math.sqrt(n)) if n > 1 else 0.0,
+        certified_accuracy={r: float(x) for r, x in zip(radii, acc, strict=True)},
+        larger=int(np.sum(d > 0)),
+        smaller=int(np.sum(d < 0)),
+    )
+
+
+def paired_table(pairs: Mapping[str, PairedDifference], radii=DEFAULT_RADII) -> str:
+    """A markdown table, one row per named :class:`PairedDifference`: the difference of certified
+    accuracy at each r, of the ACR with its paired SE, and the counts of larger / smaller examples.
+    """
+    radii = [float(r) for r in np.atleast_1d(np.asarray(radii, dtype=np.float64))]
+    head = ["a - b", *(f"r={r:g}" for r in radii), "ACR", "paired SE", "larger / smaller", "n"]
+    lines = [
+        "| " + " | ".join(head) + " |",
+        "|" + "|".join(["---", *["---:"] * (len(head) - 1)]) + "|",
+    ]
+    for name, p in pairs.items():
+        cells = [str(name).replace("|", "\\|")]
+        cells += [f"{p.certified_accuracy[r]:+.3f}" for r in radii]
+        cells += [f"{p.acr:+.3f}", f"{p.acr_se:.3f}", f"{p.larger} / {p.smaller}", str(p.n)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def markdown_table(named_results: Mapping[str, CertResults], radii=DEFAULT_RADII) -> str:

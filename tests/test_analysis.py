@@ -341,3 +341,66 @@ def test_seeds_cli_groups_runs_over_seeds(tmp_path):
     ragged.write_text("\n".join(worse.splitlines()[:-3]) + "\n")
     proc = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, check=False)
     assert proc.returncode != 0 and "different numbers of rows" in proc.stderr
+
+
+def test_paired_difference_by_hand(hand_path):
+    """The hand run against itself with image 1 made wrong (its 0.25 lost) and image 6's radius
+    raised from 0.1 to 0.4, rows shuffled: d = (+0.25 on image 1, -0.3 on image 6, 0 elsewhere)."""
+    a = analysis.read_tsv(hand_path)
+    b = a._replace(
+        predict=np.where(a.idx == 1, 2, a.predict),
+        correct=np.where(a.idx == 1, False, a.correct),
+        radius=np.where(a.idx == 6, 0.4, a.radius),
+    )
+    b = analysis.CertResults(*(np.asarray(col)[::-1] for col in b[:6]))  # order must not matter
+    p = analysis.paired_difference(a, b, (0.0, 0.25, 0.4))
+    d = np.zeros(10)
+    d[1], d[6] = 0.25, -0.3
+    assert p.n == 10 and p.larger == 1 and p.smaller == 1
+    assert p.acr == pytest.approx(d.mean())
+    assert p.acr == pytest.approx(-0.005)
+    assert p.acr == pytest.approx(
+        analysis.average_certified_radius(a) - analysis.average_certified_radius(b)
+    )
+    assert p.acr_se == pytest.approx(np.std(d, ddof=1) / np.sqrt(10))
+    # acc_a - acc_b: image 1 counts for a up to 0.25; image 6 counts for b at r = 0.25 and 0.4.
+    assert p.certified_accuracy == pytest.approx({0.0: 0.1, 0.25: 0.0, 0.4: -0.1})
+    same = analysis.paired_difference(a, a)
+    assert same.acr == 0.0 and same.acr_se == 0.0 and same.larger == same.smaller == 0
+
+
+def test_paired_difference_refuses_unmatched_rows(hand_path):
+    a = analysis.read_tsv(hand_path)
+    shifted = a._replace(idx=a.idx + 1)
+    with pytest.raises(ValueError, match="1 idx only in a .first \\[0\\]., 1 only in b"):
+        analysis.paired_difference(a, shifted)
+    repeated = a._replace(idx=np.where(a.idx == 9, 8, a.idx))
+    with pytest.raises(ValueError, match="run b lists an idx more than once"):
+        analysis.paired_difference(a, repeated)
+
+
+def test_paired_cli_in_both_modes(hand_path, tmp_path):
+    """--paired on labelled files and, with --seeds, per seed; an unknown label is an error."""
+    worse = HAND_TSV.replace("1\t7\t7\t0.25\t1\t0.25", "1\t7\t2\t0.25\t0\t0.25")
+    worse_path = tmp_path / "worse.tsv"
+    worse_path.write_text(worse)
+    cmd = [sys.executable, "experiments/analyze.py", str(hand_path), str(worse_path)]
+    cmd += ["--labels", "a", "b", "--radii", "0", "--paired", "a", "b"]
+    proc = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert "| a - b | +0.100 | +0.025 | 0.025 | 1 / 0 | 10 |" in proc.stdout
+    bad = subprocess.run(
+        cmd[:-2] + ["a", "c"], cwd=REPO, env=_env(), capture_output=True, text=True, check=False
+    )
+    assert bad.returncode != 0 and "no run labelled 'c'" in bad.stderr
+    for seed in ("seed0", "seed1"):
+        for name, text in (("adre", HAND_TSV), ("gaussian", worse)):
+            folder = tmp_path / "runs" / seed / name / "certify"
+            folder.mkdir(parents=True)
+            (folder / "cohen.tsv").write_text(text)
+    cmd = [sys.executable, "experiments/analyze.py", "--seeds", str(tmp_path / "runs")]
+    cmd += ["--radii", "0", "--paired", "adre/cohen", "gaussian/cohen"]
+    proc = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr
+    for seed in ("seed0", "seed1"):
+        assert f"| adre/cohen - gaussian/cohen ({seed}) | +0.100 | +0.025 |" in proc.stdout
