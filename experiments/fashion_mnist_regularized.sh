@@ -11,10 +11,12 @@
 #   bash experiments/fashion_mnist_regularized.sh [RUNS_DIR]     (default runs/fashion_mnist_0.5_long)
 #
 # Environment (defaults): EPOCHS (10), SEEDS ("0 1"), K (4: noisy copies for ADRE, ADRE-ADV and
-# MACER), ONLY (run only the methods whose run name contains this), SEQUENTIAL (1; 0: fixed n
-# only), EXPORT (a folder: after each run, copy its config, metrics, TSVs and sidecars there, no
-# checkpoints; experiments/results/fashion_mnist_0.5_long is the committed one), PY
-# (.venv/bin/python). MACER trains the config's default for it, LeNet with batch norm (lenet_bn): its hinge does not train the plain LeNet (experiments/README.md).
+# MACER), ONLY (run only the methods whose run name contains this; gaussian also matches
+# gaussian_bn), SEQUENTIAL (1; 0: fixed n only), EXPORT (a folder: after each run, copy its config,
+# metrics, TSVs and sidecars there, no checkpoints; experiments/results/fashion_mnist_0.5_long is
+# the committed one), PY (.venv/bin/python). MACER trains the config's default for it, LeNet with
+# batch norm (lenet_bn): its hinge does not train the plain LeNet (experiments/README.md).
+# gaussian_bn is Gaussian training on that network, the like-for-like control for MACER.
 # The 2-epoch table committed in experiments/results/fashion_mnist_0.5/ came from the version of this
 # script in commit 2739714 (EPOCHS=2, one seed, lambdas 0.1, 0.5, 2, no warm-up or clipping).
 set -euo pipefail
@@ -58,6 +60,7 @@ for seed in $SEEDS; do
     run "adre_lam$lam" "$seed" "method=adre,k=$K,lam=$lam"
   done
   run smoothadv "$seed" "method=smoothadv"
+  run gaussian_bn "$seed" "method=gaussian,model=lenet_bn"  # MACER's network, for a like-for-like row
   run macer "$seed" "method=macer,k=$K"  # lenet_bn by default (the config)
   run adre_adv_lam0.1 "$seed" "method=adre_adv,k=$K,lam=0.1"
 done
