@@ -95,9 +95,11 @@ def seeds_report(args, parser):
             paths.setdefault(label, {})[seed_dir.name] = tsv
     if not paths:
         parser.error(f"no {root}/seed*/NAME/certify/*.tsv files")
-    runs = {
-        label: [analysis.read_tsv(p) for p in by_seed.values()] for label, by_seed in paths.items()
+    read = {  # "NAME/METHOD" -> {seed folder: results}, each file read once
+        label: {seed: analysis.read_tsv(p) for seed, p in by_seed.items()}
+        for label, by_seed in paths.items()
     }
+    runs = {label: list(by_seed.values()) for label, by_seed in read.items()}
     table = analysis.seeds_table(runs, args.radii)
     pairs = {}
     for a, b in args.paired:
@@ -109,7 +111,7 @@ def seeds_report(args, parser):
             parser.error(f"--paired: {a} and {b} have no seed in common")
         for seed in shared:
             pairs[f"{a} - {b} ({seed})"] = analysis.paired_difference(
-                analysis.read_tsv(paths[a][seed]), analysis.read_tsv(paths[b][seed]), args.radii
+                read[a][seed], read[b][seed], args.radii
             )
     if pairs:
         table += "\n" + analysis.paired_table(pairs, args.radii)
@@ -118,17 +120,13 @@ def seeds_report(args, parser):
         pathlib.Path(args.markdown).write_text(table)
     if args.plot:
         first = seed_dirs[0].name
-        shown = {
-            label: analysis.read_tsv(by_seed[first])
-            for label, by_seed in paths.items()
-            if first in by_seed
-        }
+        shown = {label: by_seed[first] for label, by_seed in read.items() if first in by_seed}
         title = f"{args.title or ''} ({first})".strip()
         analysis.plot_certified_accuracy(shown, args.plot, title=title, max_radius=args.max_radius)
     if args.json:
         summaries = {
             label: {
-                seed: {"path": str(path), **analysis.summarize(analysis.read_tsv(path), args.radii)}
+                seed: {"path": str(path), **analysis.summarize(read[label][seed], args.radii)}
                 for seed, path in by_seed.items()
             }
             for label, by_seed in paths.items()

@@ -181,6 +181,19 @@ def read_tsv(path: str | os.PathLike) -> CertResults:
     return results
 
 
+def _radius_list(radii) -> list[float]:
+    """Radii (a scalar or any sequence) as a list of Python floats."""
+    return [float(r) for r in np.atleast_1d(np.asarray(radii, dtype=np.float64))]
+
+
+def _table_start(head: Sequence[str]) -> list[str]:
+    """The header and alignment lines of a markdown table: first column left, the rest right."""
+    return [
+        "| " + " | ".join(head) + " |",
+        "|" + "|".join(["---", *["---:"] * (len(head) - 1)]) + "|",
+    ]
+
+
 def _check_nonempty(results: CertResults) -> int:
     n = len(results.radius)
     if n == 0:
@@ -237,7 +250,7 @@ def summarize(results: CertResults, radii=DEFAULT_RADII) -> dict:
     example, n0 included).
     """
     n = _check_nonempty(results)
-    radii = [float(r) for r in np.atleast_1d(np.asarray(radii, dtype=np.float64))]
+    radii = _radius_list(radii)
     acc = certified_accuracy(results, radii)
     predict, label = np.asarray(results.predict), np.asarray(results.label)
     return {
@@ -314,7 +327,7 @@ def paired_difference(a: CertResults, b: CertResults, radii=DEFAULT_RADII) -> Pa
         return np.where(np.asarray(r.correct, bool), np.asarray(r.radius, np.float64), 0.0)[order]
 
     d = credited(a) - credited(b)
-    radii = [float(r) for r in np.atleast_1d(np.asarray(radii, dtype=np.float64))]
+    radii = _radius_list(radii)
     acc = certified_accuracy(a, radii) - certified_accuracy(b, radii)
     return PairedDifference(
         n=n,
@@ -330,12 +343,9 @@ def paired_table(pairs: Mapping[str, PairedDifference], radii=DEFAULT_RADII) -> 
     """A markdown table, one row per named :class:`PairedDifference`: the difference of certified
     accuracy at each r, of the ACR with its paired SE, and the counts of larger / smaller examples.
     """
-    radii = [float(r) for r in np.atleast_1d(np.asarray(radii, dtype=np.float64))]
+    radii = _radius_list(radii)
     head = ["a - b", *(f"r={r:g}" for r in radii), "ACR", "paired SE", "larger / smaller", "n"]
-    lines = [
-        "| " + " | ".join(head) + " |",
-        "|" + "|".join(["---", *["---:"] * (len(head) - 1)]) + "|",
-    ]
+    lines = _table_start(head)
     for name, p in pairs.items():
         cells = [str(name).replace("|", "\\|")]
         cells += [f"{p.certified_accuracy[r]:+.3f}" for r in radii]
@@ -349,12 +359,9 @@ def markdown_table(named_results: Mapping[str, CertResults], radii=DEFAULT_RADII
 
     Numbers have 3 decimals. Returns the table as a string ending in a newline.
     """
-    radii = [float(r) for r in np.atleast_1d(np.asarray(radii, dtype=np.float64))]
+    radii = _radius_list(radii)
     head = ["run", *(f"r={r:g}" for r in radii), "ACR", "n"]
-    lines = [
-        "| " + " | ".join(head) + " |",
-        "|" + "|".join(["---", *["---:"] * (len(head) - 1)]) + "|",
-    ]
+    lines = _table_start(head)
     for name, results in named_results.items():
         acc = certified_accuracy(results, radii)
         cells = [str(name).replace("|", "\\|"), *(f"{a:.3f}" for a in acc)]
@@ -368,12 +375,9 @@ def seeds_table(named_seeds: Mapping[str, Sequence[CertResults]], radii=DEFAULT_
     accuracy at r (and of the ACR) over that name's seeds, with h half the range (max - min) / 2;
     ``seeds`` counts them and ``n`` gives the rows per seed (all seeds must certify the same number).
     """
-    radii = [float(r) for r in np.atleast_1d(np.asarray(radii, dtype=np.float64))]
+    radii = _radius_list(radii)
     head = ["run", *(f"r={r:g}" for r in radii), "ACR", "seeds", "n"]
-    lines = [
-        "| " + " | ".join(head) + " |",
-        "|" + "|".join(["---", *["---:"] * (len(head) - 1)]) + "|",
-    ]
+    lines = _table_start(head)
     for name, seeds in named_seeds.items():
         if not seeds:
             raise ValueError(f"run {name!r}: no seeds")
@@ -537,7 +541,7 @@ def compare_sequential(
         raise ValueError(
             "fixed and sequential results must hold the same indices in the same order"
         )
-    radii = [float(r) for r in np.atleast_1d(np.asarray(radii, dtype=np.float64))]
+    radii = _radius_list(radii)
     acc_fixed = certified_accuracy(fixed, radii)
     acc_seq = certified_accuracy(sequential, radii)
     gap = acc_seq - acc_fixed
