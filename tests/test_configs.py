@@ -167,6 +167,10 @@ def test_schedule_overrides():
     )
     assert (config["epochs"], config["warmup_epochs"]) == (2, 1)
     assert (config["batch_size"], config["learning_rate"]) == (64, 0.01)
+    for name in ("mnist_lenet", "fashion_mnist_lenet"):
+        assert _config(f"{name}:method=adre_adv,sigma=0.5", False)["microbatches"] == 1
+        grouped = _config(f"{name}:method=adre_adv,sigma=0.5,microbatches=8", False)
+        assert grouped["microbatches"] == 8
 
 
 def _script(name, *args, timeout=600):

@@ -6,7 +6,9 @@ batch_size=, learning_rate=, warmup_epochs= (the attack's eps warm-up; MACER's l
 lr_warmup_epochs= and clip_norm= (0: off) the stability settings, model= the network (default lenet, and
 lenet_bn, LeNet with batch norm, for MACER: its hinge does not train the plain LeNet, see
 experiments/README.md),
-seed= the initialisation, noise and data order.
+seed= the initialisation, noise and data order, microbatches= the gradient groups of one step
+(rsjax.train.make_train_step: the same loss on differently drawn noise, about 1.3x faster per step for
+ADRE and ADRE-ADV on XLA:CPU; not for lenet_bn).
 
 Stability: the learning rate warms up linearly over the first lr_warmup_epochs= (default 1) epoch and
 gradients are clipped to global norm 10 (rsjax.train.fit's lr_warmup_epochs, clip_norm). Healthy LeNet
@@ -45,6 +47,7 @@ def get_config(
     clip_norm: float = 10.0,
     model: str | None = None,
     seed: int = 0,
+    microbatches: int = 1,
 ) -> dict:
     config = dict(
         dataset="fashion_mnist",
@@ -70,6 +73,7 @@ def get_config(
         lr_warmup_epochs=float(lr_warmup_epochs),
         clip_norm=float(clip_norm) or None,
         seed=int(seed),
+        microbatches=int(microbatches),
         checkpoint_every=1000,
     )
     return methods.smoke(config) if smoke else config
