@@ -4,7 +4,9 @@
       --workdir runs/mnist5k_lenet [--smoke] [--fail-on-collapse] [--stop-after-epochs E]
 
 Every epoch's held-out evaluation is checked for collapse (rsjax.train.collapse_reason): a warning, or
-with --fail-on-collapse an error after that epoch's checkpoint is saved.
+with --fail-on-collapse an error after that epoch's checkpoint is saved. SIGTERM or Ctrl-C stops the
+run after the step in progress, with that step's checkpoint saved (exit status 128 + the signal's
+number); rerunning the same command resumes there.
 """
 
 import argparse
@@ -13,7 +15,7 @@ import sys
 import cli
 import jax
 
-from rsjax import records
+from rsjax import preemption, records
 
 
 def main(argv=None):
@@ -62,15 +64,19 @@ def main(argv=None):
             **records.environment(),
         },
     )
-    state = cli.fit(
-        jax.random.key(config["seed"]),
-        args.workdir,
-        config,
-        train_set,
-        held_out,
-        stop_after_step=stop_after_step,
-        **({"fail_on_collapse": True} if args.fail_on_collapse else {}),
-    )
+    try:
+        state = cli.fit(
+            jax.random.key(config["seed"]),
+            args.workdir,
+            config,
+            train_set,
+            held_out,
+            stop_after_step=stop_after_step,
+            **({"fail_on_collapse": True} if args.fail_on_collapse else {}),
+        )
+    except preemption.TrainingInterrupted as stopped:  # SIGTERM / SIGINT: the step is saved
+        print(stopped, file=sys.stderr)
+        sys.exit(128 + stopped.signum)
     print(
         f"trained to step {int(state.step)}; checkpoints in {args.workdir}/checkpoints",
         file=sys.stderr,

@@ -14,6 +14,7 @@ import inspect
 import json
 import math
 import pathlib
+import signal
 import time
 import warnings
 from typing import Any, Callable, NamedTuple
@@ -23,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from rsjax import checkpoint, losses, models, progress, sharding, votes
+from rsjax import checkpoint, losses, models, preemption, progress, sharding, votes
 
 
 class TrainState(NamedTuple):
@@ -438,6 +439,8 @@ def train_loop(
     Returns:
       The final TrainState.
     Raises:
+      rsjax.preemption.TrainingInterrupted: SIGTERM or SIGINT arrived; the step in progress was
+        finished, the metrics since the last log line logged and the step's checkpoint saved.
       NonFiniteLossError: a non-finite metric (loss, loss term, grad_norm) of any step, found when
         the metrics are logged (every log_every steps) and always before a checkpoint or an
         evaluation, or non-finite parameters at a checkpoint; nothing after the last good
@@ -482,7 +485,10 @@ def train_loop(
     )
     window = []
     t0, seen = time.perf_counter(), 0
-    with _primary_open(workdir / "metrics.jsonl") as metrics_file:
+    with (
+        _primary_open(workdir / "metrics.jsonl") as metrics_file,
+        preemption.stop_requests() as stop,
+    ):
         while step < last:
             epoch, position = divmod(step, steps_per_epoch)
             order = epoch_order(data_key, epoch, num_examples)
@@ -514,6 +520,10 @@ def train_loop(
                     _save(ckpt_dir, state, meta, max_to_keep)
                 if bar:
                     bar.update(1)
+                if stop:  # log the unlogged steps, save this one and raise
+                    if window:
+                        _log(metrics_file, window, step, epoch, seen / (time.perf_counter() - t0))
+                    _interrupted(stop[0], ckpt_dir, state, meta, max_to_keep, step)
             evaluation = None
             if eval_fn and position == steps_per_epoch:
                 _check_finite(window, step)  # NaN parameters would vote for class 0: no collapse
@@ -535,6 +545,19 @@ def train_loop(
     if checkpoint.latest_step(ckpt_dir) != step:
         _save(ckpt_dir, state, meta, max_to_keep)
     return state
+
+
+def _interrupted(signum, ckpt_dir, state, meta, max_to_keep, step):
+    """Saves step `step` (its metrics were logged, so checked finite) and raises
+    TrainingInterrupted: a signal asked the run to stop (rsjax.preemption)."""
+    if checkpoint.latest_step(ckpt_dir) != step:
+        _save(ckpt_dir, state, meta, max_to_keep)
+    name = signal.Signals(signum).name
+    raise preemption.TrainingInterrupted(
+        signum,
+        f"{name} received: stopped after step {step} and saved its checkpoint in {ckpt_dir}; "
+        "rerun the same command to resume",
+    )
 
 
 def _collapsed(ckpt_dir, state, meta, max_to_keep, record, fail):

@@ -1,6 +1,10 @@
 """Gaussian-augmentation training: loss, resume to bit-identical parameters, NaN stop, checkpoints."""
 
 import json
+import os
+import signal
+import threading
+import time
 import warnings
 
 import jax
@@ -9,7 +13,7 @@ import numpy as np
 import optax
 import pytest
 
-from rsjax import checkpoint, losses, models, sharding, train
+from rsjax import checkpoint, losses, models, preemption, sharding, train
 
 
 def _data(n=96, seed=0):
@@ -439,3 +443,58 @@ def test_runs_without_the_stability_keys_still_resume(tmp_path):
         _fit(tmp_path / "new", images, labels, lr_warmup_epochs=0.5)
     with pytest.raises(ValueError, match="lr_warmup_epochs"):
         _fit(tmp_path / "old", images, labels, lr_warmup_epochs=1)
+
+
+def test_sigterm_saves_the_step_in_progress_and_the_rerun_resumes_bit_identically(
+    tmp_path, monkeypatch
+):
+    images, labels = _data()
+    full = _fit(tmp_path / "full", images, labels)
+    make_step = train.make_train_step
+
+    def make_signalling_step(*args, **kwargs):
+        step_fn = make_step(*args, **kwargs)
+
+        def step(state, batch, key):
+            if int(state.step) == 5:  # between the checkpoints of steps 4 and 8
+                os.kill(os.getpid(), signal.SIGTERM)
+            return step_fn(state, batch, key)
+
+        return step
+
+    before = signal.getsignal(signal.SIGTERM)
+    monkeypatch.setattr(train, "make_train_step", make_signalling_step)
+    with pytest.raises(preemption.TrainingInterrupted, match="SIGTERM.*after step 6") as stopped:
+        _fit(tmp_path / "cut", images, labels)
+    assert stopped.value.signum == signal.SIGTERM
+    assert signal.getsignal(signal.SIGTERM) is before  # the handler is put back
+    assert checkpoint.latest_step(tmp_path / "cut" / "checkpoints") == 6
+    logged = [json.loads(line) for line in open(tmp_path / "cut" / "metrics.jsonl")]
+    assert [r["step"] for r in logged] == [3, 6]  # log_every = 3; step 6 logged before stopping
+    monkeypatch.setattr(train, "make_train_step", make_step)
+    resumed = _fit(tmp_path / "cut", images, labels)
+    assert int(resumed.step) == int(full.step)
+    for a, b in zip(jax.tree.leaves(full), jax.tree.leaves(resumed), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_stop_requests_outside_the_main_thread_installs_nothing():
+    seen = []
+
+    def worker():
+        with preemption.stop_requests() as stop:
+            seen.append((stop, signal.getsignal(signal.SIGTERM)))
+
+    before = signal.getsignal(signal.SIGTERM)
+    thread = threading.Thread(target=worker)
+    thread.start()
+    thread.join()
+    assert seen == [([], before)]
+    with preemption.stop_requests() as stop:  # the main thread: a request is recorded, not acted on
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.05)  # Python runs the handler between bytecodes of this thread
+        assert stop == [signal.SIGINT]
+        with pytest.raises(KeyboardInterrupt, match="second SIGINT"):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)
+    assert signal.getsignal(signal.SIGTERM) is before
