@@ -16,6 +16,11 @@
 # metrics, TSVs and sidecars there, no checkpoints; experiments/results/fashion_mnist_0.5_long is
 # the committed one), PY (.venv/bin/python). MACER trains the config's default for it, LeNet with
 # batch norm (lenet_bn): its hinge does not train the plain LeNet (experiments/README.md).
+# Runs longer than a working session: stop the training process with SIGTERM (kill -TERM PID of its
+# python): it saves the step in progress, and with EXPORT set the script parks the run's config,
+# metrics and that checkpoint in EXPORT/inflight/seedS/NAME (about 3 MB; commit it). A later run of
+# the script, in any checkout, continues from the parked step; the parked copy is removed once the run
+# is exported finished.
 # ADV_MICROBATCHES (8) is ADRE-ADV's gradient groups (rsjax.train.make_train_step: the same loss on
 # differently drawn noise, 1.3x faster per step here); every other run takes one group (the default).
 # gaussian_bn is Gaussian training on that network, the like-for-like control for MACER.
@@ -35,13 +40,31 @@ PY=${PY:-.venv/bin/python}
 CONFIG=experiments/configs/fashion_mnist_lenet.py
 CERT=(--skip 20 --n0 100 --alpha 0.001)
 
+park() {  # park RUN_DIR DEST: the run's config, metrics and newest checkpoint, to continue elsewhere
+  local latest
+  latest=$(ls "$1/checkpoints" | sort -n | tail -n 1)
+  rm -rf "$2" && mkdir -p "$2/checkpoints"
+  cp "$1/config.json" "$1/metrics.jsonl" "$2/"
+  cp -r "$1/checkpoints/$latest" "$2/checkpoints/"
+  echo "parked $1 at step $latest in $2: commit it, and rerun this script to continue"
+}
+
 run() {  # run NAME SEED CONFIG_ARGS: train, then certify
   local name=$1 seed=$2 args=$3
   [[ $name == *"$ONLY"* ]] || return 0
-  local dir=$RUNS/seed$seed/$name
+  local dir=$RUNS/seed$seed/$name parked="" rc=0
+  [ -n "$EXPORT" ] && parked=$EXPORT/inflight/seed$seed/$name
   echo "== seed $seed $name ($args) $(date -u +%FT%TZ)"
+  if [ -n "$parked" ] && [ -d "$parked" ] && [ ! -d "$dir/checkpoints" ]; then
+    mkdir -p "$dir" && cp -r "$parked/." "$dir/"
+    echo "continuing from the parked step $(ls "$dir/checkpoints") of $parked"
+  fi
   /usr/bin/time -f "seed $seed $name train wall %e s" "$PY" experiments/train.py \
-    --config "$CONFIG:$args,sigma=0.5,epochs=$EPOCHS,seed=$seed" --workdir "$dir"
+    --config "$CONFIG:$args,sigma=0.5,epochs=$EPOCHS,seed=$seed" --workdir "$dir" || rc=$?
+  if [ "$rc" != 0 ]; then  # 143 / 130: SIGTERM / SIGINT, the step in progress saved
+    if [ -n "$parked" ] && { [ "$rc" = 143 ] || [ "$rc" = 130 ]; }; then park "$dir" "$parked"; fi
+    return "$rc"
+  fi
   /usr/bin/time -f "seed $seed $name certify n=10000 wall %e s" "$PY" experiments/certify.py \
     --workdir "$dir" --outdir "$dir/certify" --n 10000 "${CERT[@]}"
   if [ "$SEQUENTIAL" = 1 ]; then
@@ -54,6 +77,7 @@ run() {  # run NAME SEED CONFIG_ARGS: train, then certify
     mkdir -p "$out/certify"
     cp "$dir/config.json" "$dir/metrics.jsonl" "$out/"
     cp "$dir"/certify/*.tsv "$dir"/certify/*.tsv.json "$out/certify/"
+    rm -rf "$parked"  # finished: the parked state is no longer needed
   fi
 }
 
