@@ -3,7 +3,10 @@
 Invariance tests compare one device with four; everything else simply runs on the CPU.
 """
 
+import json
 import os
+import subprocess
+import sys
 import tempfile
 
 os.environ["XLA_FLAGS"] = (
@@ -39,3 +42,24 @@ def mnist_test_dir():
     if not (path / "t10k-images-idx3-ubyte.gz").exists():
         pytest.skip(f"MNIST test set not found at {path}")
     return path
+
+
+@pytest.fixture
+def run_quick(tmp_path):
+    """run_quick("benchmarks/X.py", timeout=S) -> (stdout, rows): the script's --quick mode run from
+    the repository root with --out in tmp_path, and the JSON rows it wrote there; a non-zero exit
+    fails the test with the end of its stderr."""
+
+    def run(script, *, timeout):
+        out_file = tmp_path / "quick.jsonl"
+        out = subprocess.run(
+            [sys.executable, script, "--quick", "--out", str(out_file)],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        assert out.returncode == 0, out.stderr[-3000:]
+        return out.stdout, [json.loads(line) for line in out_file.read_text().splitlines()]
+
+    return run

@@ -1,10 +1,7 @@
 """Smoke run of benchmarks/eb_throughput.py (--quick: 2 examples x 64 samples, batch 4, one round);
 no speed asserted."""
 
-import json
 import os
-import subprocess
-import sys
 from importlib import util
 
 import pytest
@@ -13,19 +10,10 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.mark.slow  # a benchmark script's smoke run (the default selection runs gpu_suite --quick)
-def test_eb_throughput_benchmark_quick(tmp_path):
-    out_file = tmp_path / "r.jsonl"
-    out = subprocess.run(
-        [sys.executable, "benchmarks/eb_throughput.py", "--quick", "--out", str(out_file)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    table = [line for line in out.stdout.splitlines() if line.startswith("| LeNet")]
-    assert len(table) == 5, out.stdout  # plain and three EB certify rows, the LeNet train row
-    rows = [json.loads(line) for line in out_file.read_text().splitlines()]
+def test_eb_throughput_benchmark_quick(run_quick):
+    stdout, rows = run_quick("benchmarks/eb_throughput.py", timeout=300)
+    table = [line for line in stdout.splitlines() if line.startswith("| LeNet")]
+    assert len(table) == 5, stdout  # plain and three EB certify rows, the LeNet train row
     certify = [r for r in rows if r["part"] == "certify"]
     steps = [r for r in rows if r["part"] == "train"]
     assert [r["score_model"] for r in certify] == [

@@ -1,29 +1,13 @@
 """Smoke run of benchmarks/train_throughput.py (--quick: LeNet, k in {1, 2}, 2 steps); no speed asserted."""
 
-import json
-import os
-import subprocess
-import sys
-
 import pytest
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.mark.slow  # a benchmark script's smoke run (the default selection runs gpu_suite --quick)
-def test_train_throughput_benchmark_quick(tmp_path):
-    out_file = tmp_path / "r.jsonl"
-    out = subprocess.run(
-        [sys.executable, "benchmarks/train_throughput.py", "--quick", "--out", str(out_file)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    table = [line for line in out.stdout.splitlines() if line.startswith("| lenet |")]
-    assert len(table) == 4, out.stdout  # gaussian and adre at k = 1, 2
-    rows = [json.loads(line) for line in out_file.read_text().splitlines()]
+def test_train_throughput_benchmark_quick(run_quick):
+    stdout, rows = run_quick("benchmarks/train_throughput.py", timeout=120)
+    table = [line for line in stdout.splitlines() if line.startswith("| lenet |")]
+    assert len(table) == 4, stdout  # gaussian and adre at k = 1, 2
     assert [(r["loss"], r["k"]) for r in rows] == [
         ("gaussian", 1),
         ("gaussian", 2),
