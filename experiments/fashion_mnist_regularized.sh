@@ -91,6 +91,4 @@ for seed in $SEEDS; do
   run macer "$seed" "method=macer,k=$K"  # lenet_bn by default (the config)
   run adre_adv_lam0.1 "$seed" "method=adre_adv,k=$K,lam=0.1,microbatches=$ADV_MICROBATCHES"
 done
-"$PY" experiments/analyze.py --seeds "$RUNS" --radii 0 0.25 0.5 0.75 1 1.5 \
-  --title "Fashion-MNIST, sigma 0.5, $EPOCHS epochs" \
-  --plot "$RUNS/certified_accuracy.png" --markdown "$RUNS/table.md" --json "$RUNS/summary.json"
+PY=$PY TITLE="Fashion-MNIST, sigma 0.5, $EPOCHS epochs" bash experiments/fashion_mnist_report.sh "$RUNS"
