@@ -25,7 +25,10 @@ Expected: sigma = 0.5 with epochs=2, k=4 (experiments/README.md, 500 test images
           MACER collapsed on the plain LeNet; on lenet_bn with the warm-up and clipping (its default
           now) CERTIFY ACR 0.958 (row macer_bn; see experiments/README.md).
 Wall time: on 2 CPU cores (jax 0.10.2, shared with other jobs), per epoch: Gaussian about 40 s, ADRE k=4
-           about 4-7 min, ADRE-ADV about 12 min; certification of 500 images 4-8 min.
+           about 4-7 min, ADRE-ADV about 12 min; certification of 500 images 4-8 min. 2026-12-05, with the
+           attack's steps unrolled and two runs sharing the cores: SmoothAdv (k = 2) about 8.6 min,
+           ADRE-ADV (k = 4, microbatches=8) about 7 min; ADRE k=4 alone about 2 min
+           (experiments/README.md, "at length").
 """
 
 import methods
