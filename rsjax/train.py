@@ -489,6 +489,18 @@ def train_loop(
         _primary_open(workdir / "metrics.jsonl") as metrics_file,
         preemption.stop_requests() as stop,
     ):
+
+        def stop_here():  # a signal asked to stop: log the unlogged steps, save this one, raise
+            if window:
+                _log(metrics_file, window, step, epoch, seen / (time.perf_counter() - t0))
+            if checkpoint.latest_step(ckpt_dir) != step:
+                _save(ckpt_dir, state, meta, max_to_keep)
+            raise preemption.TrainingInterrupted(
+                stop[0],
+                f"{signal.Signals(stop[0]).name} received: stopped after step {step} and saved its "
+                f"checkpoint in {ckpt_dir}; rerun the same command to resume",
+            )
+
         while step < last:
             epoch, position = divmod(step, steps_per_epoch)
             order = epoch_order(data_key, epoch, num_examples)
@@ -520,10 +532,8 @@ def train_loop(
                     _save(ckpt_dir, state, meta, max_to_keep)
                 if bar:
                     bar.update(1)
-                if stop:  # log the unlogged steps, save this one and raise
-                    if window:
-                        _log(metrics_file, window, step, epoch, seen / (time.perf_counter() - t0))
-                    _interrupted(stop[0], ckpt_dir, state, meta, max_to_keep, step)
+                if stop and position < steps_per_epoch:  # an epoch's end: after its evaluation
+                    stop_here()
             evaluation = None
             if eval_fn and position == steps_per_epoch:
                 _check_finite(window, step)  # NaN parameters would vote for class 0: no collapse
@@ -542,22 +552,11 @@ def train_loop(
                     bar.update(0, extra=f"epoch {epoch + 1} held-out {shown}")
                 if evaluation.get("collapsed"):
                     _collapsed(ckpt_dir, state, meta, max_to_keep, record, fail_on_collapse)
+            if stop and step < last:
+                stop_here()
     if checkpoint.latest_step(ckpt_dir) != step:
         _save(ckpt_dir, state, meta, max_to_keep)
     return state
-
-
-def _interrupted(signum, ckpt_dir, state, meta, max_to_keep, step):
-    """Saves step `step` (its metrics were logged, so checked finite) and raises
-    TrainingInterrupted: a signal asked the run to stop (rsjax.preemption)."""
-    if checkpoint.latest_step(ckpt_dir) != step:
-        _save(ckpt_dir, state, meta, max_to_keep)
-    name = signal.Signals(signum).name
-    raise preemption.TrainingInterrupted(
-        signum,
-        f"{name} received: stopped after step {step} and saved its checkpoint in {ckpt_dir}; "
-        "rerun the same command to resume",
-    )
 
 
 def _collapsed(ckpt_dir, state, meta, max_to_keep, record, fail):

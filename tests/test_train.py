@@ -445,18 +445,20 @@ def test_runs_without_the_stability_keys_still_resume(tmp_path):
         _fit(tmp_path / "old", images, labels, lr_warmup_epochs=1)
 
 
+@pytest.mark.parametrize("signalled", [5, 6])  # mid-epoch, and an epoch's last step (6 per epoch)
 def test_sigterm_saves_the_step_in_progress_and_the_rerun_resumes_bit_identically(
-    tmp_path, monkeypatch
+    tmp_path, monkeypatch, signalled
 ):
     images, labels = _data()
-    full = _fit(tmp_path / "full", images, labels)
+    held_out = dict(eval_images=images[:32], eval_labels=labels[:32], eval_noise=4)
+    full = _fit(tmp_path / "full", images, labels, **held_out)
     make_step = train.make_train_step
 
     def make_signalling_step(*args, **kwargs):
         step_fn = make_step(*args, **kwargs)
 
         def step(state, batch, key):
-            if int(state.step) == 5:  # between the checkpoints of steps 4 and 8
+            if int(state.step) == signalled - 1:  # SIGTERM arrives during step `signalled`
                 os.kill(os.getpid(), signal.SIGTERM)
             return step_fn(state, batch, key)
 
@@ -464,15 +466,18 @@ def test_sigterm_saves_the_step_in_progress_and_the_rerun_resumes_bit_identicall
 
     before = signal.getsignal(signal.SIGTERM)
     monkeypatch.setattr(train, "make_train_step", make_signalling_step)
-    with pytest.raises(preemption.TrainingInterrupted, match="SIGTERM.*after step 6") as stopped:
-        _fit(tmp_path / "cut", images, labels)
-    assert stopped.value.signum == signal.SIGTERM
+    with pytest.raises(preemption.TrainingInterrupted, match=f"SIGTERM.*after step {signalled}"):
+        _fit(tmp_path / "cut", images, labels, **held_out)
     assert signal.getsignal(signal.SIGTERM) is before  # the handler is put back
-    assert checkpoint.latest_step(tmp_path / "cut" / "checkpoints") == 6
+    assert checkpoint.latest_step(tmp_path / "cut" / "checkpoints") == signalled  # saved every 4
     logged = [json.loads(line) for line in open(tmp_path / "cut" / "metrics.jsonl")]
-    assert [r["step"] for r in logged] == [3, 6]  # log_every = 3; step 6 logged before stopping
+    # Every step up to the signalled one is logged (log_every = 3: the last window is short),
+    # and an epoch's last step stops only after that epoch's held-out evaluation.
+    assert [r["step"] for r in logged if "loss" in r] == [3, signalled]
+    evaluations = [r["step"] for r in logged if "smoothed_accuracy" in r]
+    assert evaluations == ([6] if signalled == 6 else [])
     monkeypatch.setattr(train, "make_train_step", make_step)
-    resumed = _fit(tmp_path / "cut", images, labels)
+    resumed = _fit(tmp_path / "cut", images, labels, **held_out)
     assert int(resumed.step) == int(full.step)
     for a, b in zip(jax.tree.leaves(full), jax.tree.leaves(resumed), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
