@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rsjax import empirical_bayes, models, records, score, train, tweedie, votes
+from rsjax import empirical_bayes, losses, models, records, score, train, tweedie, votes
 
 SHAPE = (28, 28, 1)
 NUM_CLASSES = 10
@@ -146,7 +146,7 @@ def measure_train(score_models, *, batch, steps, repeats):
     )
     model, variables = classifier()
     sgd = train.make_optimizer(learning_rate=0.01, total_steps=1_000, momentum=0.9)
-    gaussian = train.make_loss("gaussian", model, sigma=SIGMA, k=1)
+    gaussian = losses.make_loss("gaussian", model, sigma=SIGMA, k=1)
     runs = {
         "lenet": make_step_run(
             gaussian, sgd, variables["params"], variables.get("batch_stats", {}), data, steps

@@ -20,7 +20,7 @@ import time
 import jax
 import jax.numpy as jnp
 
-from rsjax import models, records, train
+from rsjax import losses, models, records, train
 
 SHAPES = {
     "linear": (28, 28, 1),
@@ -40,7 +40,7 @@ def make_config(model_name, loss, k, *, batch, lam, sigma=0.25, num_classes=10, 
     optimizer = train.make_optimizer(learning_rate=0.01, total_steps=1_000, momentum=0.9)
     state = train.init_state(model, jax.random.key(0), shape, optimizer)
     options = {"lam": lam} if loss == "adre" else {}
-    loss_fn = train.make_loss(loss, model, sigma=sigma, k=k, **options)
+    loss_fn = losses.make_loss(loss, model, sigma=sigma, k=k, **options)
     step = train.make_train_step(loss_fn, optimizer, microbatches=microbatches)
     image_key, label_key = jax.random.split(jax.random.key(1))
     data = jax.device_put(

@@ -3,7 +3,7 @@
   python experiments/train.py --config experiments/configs/mnist5k_lenet_gaussian.py \
       --workdir runs/mnist5k_lenet [--smoke] [--fail-on-collapse] [--stop-after-epochs E]
 
-Every epoch's held-out evaluation is checked for collapse (rsjax.train.collapse_reason): a warning, or
+Every epoch's held-out evaluation is checked for collapse (rsjax.monitor.collapse_reason): a warning, or
 with --fail-on-collapse an error after that epoch's checkpoint is saved. SIGTERM or Ctrl-C stops the
 run after the step in progress, with that step's checkpoint saved (exit status 128 + the signal's
 number); rerunning the same command resumes there.

@@ -30,7 +30,18 @@ import jax
 import numpy as np
 import optax
 
-from rsjax import bounds, checkpoint, losses, models, score, sharding, train, tweedie, walkjump
+from rsjax import (
+    bounds,
+    checkpoint,
+    losses,
+    models,
+    monitor,
+    score,
+    sharding,
+    train,
+    tweedie,
+    walkjump,
+)
 
 
 def make_eb_logits_fn(
@@ -229,8 +240,8 @@ def fit_xhat(
     too (same optimizer); otherwise its parameters are frozen (no gradient, no update). sigma, if
     given, must equal the denoiser's (a guard against pairing the wrong runs).
     Classifier training options, eval, the collapse check of every held-out evaluation
-    (CollapseWarning, or with fail_on_collapse CollapseError) as in rsjax.train.fit (SGD with
-    momentum).
+    (rsjax.monitor.CollapseWarning, or with fail_on_collapse CollapseError) as in rsjax.train.fit
+    (SGD with momentum).
     Returns:
       The final TrainState, params {"classifier", "score"}; meta kind "eb_classifier".
     """
@@ -315,7 +326,7 @@ def fit_xhat(
     def evaluate(state):
         if eval_images is None:
             return None
-        summary = train.vote_summary(
+        summary = monitor.vote_summary(
             eval_key,
             logits_fn,
             _eb_variables(state),
@@ -326,7 +337,7 @@ def fit_xhat(
             num_noise=eval_noise,
             mesh=mesh,
         )
-        return train.evaluation_record(
+        return monitor.evaluation_record(
             summary,
             num_classes=num_classes,
             after_warmup=True,  # evaluated after whole epochs; fit_xhat has no lr warm-up

@@ -4,14 +4,16 @@ Every loss draws k noisy copies x_ij = x_i + sigma * eps_ij of each example, run
 model as ONE batch of B * k inputs, and returns (loss, (new_model_state, metrics)). model_state holds
 batch-norm statistics ({} for models without them). Noise is in [0,1] pixel units.
 
-Losses (the LOSSES registry): "gaussian" (Gaussian augmentation), "adre" (ADRE regulariser, as
-reconstructed in REFERENCE section 3) and "macer" (MACER). Options beyond apply_fn, sigma and k (lam,
-gamma, beta) are keyword-only and named as in the papers.
+Losses (the LOSSES registry; make_loss builds one by name with its options): "gaussian" (Gaussian
+augmentation), "adre" (ADRE regulariser, as reconstructed in REFERENCE section 3), "macer" (MACER),
+"smoothadv" (SmoothAdv) and "adre_adv" (ADRE-ADV). Options beyond apply_fn, sigma and k (lam, gamma,
+beta, eps, ...) are keyword-only and named as in the papers.
 
 References: Cohen, Rosenfeld & Kolter, ICML 2019 (Gaussian augmentation); Feng, Wu, Chen, Zhang & Ning,
 AAAI 2020 (ADRE); Zhai et al., ICLR 2020 (MACER); rsjax REFERENCE section 3.
 """
 
+import inspect
 from typing import Any, Callable
 
 import jax
@@ -330,3 +332,52 @@ LOSSES = {
     "smoothadv": smoothadv_loss,
     "adre_adv": adre_adv_loss,
 }
+
+
+def make_loss(name: str, model, *, sigma: float, k: int, **options) -> Callable:
+    """loss_fn(params, model_state, batch, key[, step]) for rsjax.train.make_train_step, from the
+    loss `name` of LOSSES with its k and keyword options; unknown or missing options raise ValueError
+    here, before anything is compiled."""
+    if name not in LOSSES:
+        raise ValueError(f"unknown loss {name!r}; available: {sorted(LOSSES)}")
+    apply_fn = make_train_apply(model)
+    fn = LOSSES[name]
+    accepted = set(inspect.signature(fn).parameters)
+    unknown = set(options) - (accepted - {"apply_fn", "sigma", "k", "step"})
+    missing = (
+        {
+            p.name
+            for p in inspect.signature(fn).parameters.values()
+            if p.kind is p.KEYWORD_ONLY and p.default is p.empty
+        }
+        - {"apply_fn", "sigma", "k"}
+        - set(options)
+    )
+    if unknown or missing:
+        raise ValueError(
+            f"loss {name!r}: unknown options {sorted(unknown)}, missing options "
+            f"{sorted(missing)} (its keyword options: {sorted(accepted)})"
+        )
+
+    if "step" in accepted:
+
+        def loss_fn(params, model_state, batch, key, step):
+            return fn(
+                params,
+                model_state,
+                batch,
+                key,
+                apply_fn=apply_fn,
+                sigma=sigma,
+                k=k,
+                step=step,
+                **options,
+            )
+    else:
+
+        def loss_fn(params, model_state, batch, key):
+            return fn(
+                params, model_state, batch, key, apply_fn=apply_fn, sigma=sigma, k=k, **options
+            )
+
+    return loss_fn

@@ -1,4 +1,5 @@
-"""Training: train state, optimizer, the jitted train step, and a resumable `fit` loop.
+"""Training: train state, optimizer, the jitted train step, and a resumable `fit` loop. The losses are
+in rsjax.losses (make_loss), the held-out checks after each epoch in rsjax.monitor.
 
 Reproducibility: the run's key is split once into (init, data, train) streams. The example order of
 epoch e is a permutation drawn from fold_in(data_key, e) and the noise of step s from
@@ -24,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from rsjax import checkpoint, losses, models, preemption, progress, sharding, votes
+from rsjax import checkpoint, losses, models, monitor, preemption, progress, sharding
 
 
 class TrainState(NamedTuple):
@@ -182,15 +183,6 @@ class NonFiniteLossError(FloatingPointError):
     checkpoint."""
 
 
-class CollapseError(RuntimeError):
-    """fit(..., fail_on_collapse=True): the held-out votes show a collapsed classifier (see
-    `collapse_reason`); the checkpoint of that epoch was saved before raising."""
-
-
-class CollapseWarning(RuntimeWarning):
-    """The held-out votes after an epoch show a collapsed classifier (see `collapse_reason`)."""
-
-
 def fit(
     key: jax.Array,
     workdir,
@@ -252,18 +244,19 @@ def fit(
         adversarial losses' eps warm-up, which is a loss option. Recorded in the meta when > 0.
       clip_norm: clip the gradient to this global l2 norm before the optimizer (None: no clipping).
         Recorded in the meta when set. The logged `grad_norm` is the norm before clipping.
-      fail_on_collapse: after an epoch whose held-out votes show collapse (`collapse_reason`: more
-        than 90% of the noisy-copy predictions on one class, or, once the learning-rate warm-up is
-        over, smoothed accuracy within 2 points of chance 1/num_classes), save that epoch's
-        checkpoint and raise CollapseError. Without it, a CollapseWarning is emitted and training
-        goes on. Either way the epoch's metrics record gets `collapsed` and `collapse_reason`.
+      fail_on_collapse: after an epoch whose held-out votes show collapse
+        (rsjax.monitor.collapse_reason: more than 90% of the noisy-copy predictions on one class,
+        or, once the learning-rate warm-up is over, smoothed accuracy within 2 points of chance
+        1/num_classes), save that epoch's checkpoint and raise rsjax.monitor.CollapseError.
+        Without it, an rsjax.monitor.CollapseWarning is emitted and training goes on. Either way
+        the epoch's metrics record gets `collapsed` and `collapse_reason`.
         Without eval_images no collapse detection is possible: nothing is checked.
     Returns:
       The final TrainState (device arrays).
     Raises:
       NonFiniteLossError: a non-finite loss, loss term or gradient norm (the message names the
         first such step and its terms); the last good checkpoint is kept, nothing later is saved.
-      CollapseError: see fail_on_collapse.
+      rsjax.monitor.CollapseError: see fail_on_collapse.
     """
     mesh = sharding.batch_mesh() if mesh is None else mesh
     steps_per_epoch = _steps_per_epoch(images.shape[0], batch_size, mesh)
@@ -305,12 +298,12 @@ def fit(
         meta["lr_warmup_epochs"] = lr_warmup_epochs
     if clip_norm is not None:
         meta["clip_norm"] = clip_norm
-    loss_fn = make_loss(loss, model, sigma=sigma, k=k, **(loss_options or {}))
+    loss_fn = losses.make_loss(loss, model, sigma=sigma, k=k, **(loss_options or {}))
 
     def evaluate(state):
         if eval_images is None:
             return None
-        summary = smoothed_summary(
+        summary = monitor.smoothed_summary(
             eval_key,
             model,
             _variables(state),
@@ -322,7 +315,7 @@ def fit(
             mesh=mesh,
         )
         epochs_done = int(sharding.gather(state.step)) // steps_per_epoch
-        return evaluation_record(
+        return monitor.evaluation_record(
             summary,
             num_classes=num_classes,
             after_warmup=epochs_done >= lr_warmup_epochs,
@@ -351,44 +344,6 @@ def fit(
         eval_fn=evaluate,
         fail_on_collapse=fail_on_collapse,
     )
-
-
-def evaluation_record(summary, *, num_classes, after_warmup, eval_examples, eval_noise) -> dict:
-    """The metrics record of one held-out evaluation (a VoteSummary) with its collapse verdict:
-    smoothed_accuracy, top_class_fraction, top_class, eval_examples, eval_noise, collapsed and,
-    when collapsed, collapse_reason (see collapse_reason)."""
-    reason = collapse_reason(summary, num_classes=num_classes, after_warmup=after_warmup)
-    return {
-        "smoothed_accuracy": summary.accuracy,
-        "top_class_fraction": summary.top_class_fraction,
-        "top_class": summary.top_class,
-        "eval_examples": eval_examples,
-        "eval_noise": eval_noise,
-        "collapsed": reason is not None,
-        **({"collapse_reason": reason} if reason else {}),
-    }
-
-
-def collapse_reason(summary: "VoteSummary", *, num_classes: int, after_warmup: bool = True):
-    """Why the held-out votes of an epoch look like a collapsed classifier, or None.
-
-    Collapse: top_class_fraction > 0.9 (more than 90% of all noisy-copy predictions on one class;
-    meant for roughly balanced held-out sets, where a working classifier spreads its votes), or,
-    when after_warmup, smoothed accuracy <= 1/num_classes + 0.02 (within 2 points of chance or
-    below it: a network that died, e.g. the mnist5k LeNet at sigma 1.0 with lr 0.02).
-    """
-    reasons = []
-    if summary.top_class_fraction > 0.9:
-        reasons.append(
-            f"{summary.top_class_fraction:.1%} of the held-out noisy-copy predictions are class "
-            f"{summary.top_class} (> 90%)"
-        )
-    chance = 1.0 / num_classes
-    if after_warmup and summary.accuracy <= chance + 0.02:
-        reasons.append(
-            f"smoothed accuracy {summary.accuracy:.3f} is within 2 points of chance {chance:.3f}"
-        )
-    return "; ".join(reasons) or None
 
 
 def _steps_per_epoch(num_examples: int, batch_size: int, mesh) -> int:
@@ -434,8 +389,9 @@ def train_loop(
       data_key: epoch e's order is a permutation drawn from fold_in(data_key, e).
       eval_fn: called after every full epoch with the state; the dict it returns (None: nothing)
         is logged to metrics.jsonl with the step and epoch and shown on the progress line. If it
-        holds `collapsed: True`, its `collapse_reason` is shown and a CollapseWarning emitted, or,
-        with fail_on_collapse, the epoch's checkpoint is saved and CollapseError raised.
+        holds `collapsed: True`, its `collapse_reason` is shown and a rsjax.monitor.CollapseWarning
+        emitted, or, with fail_on_collapse, the epoch's checkpoint is saved and
+        rsjax.monitor.CollapseError raised.
     Returns:
       The final TrainState.
     Raises:
@@ -575,8 +531,8 @@ def _collapsed(ckpt_dir, state, meta, max_to_keep, record, fail):
     if fail:
         if checkpoint.latest_step(ckpt_dir) != record["step"]:
             _save(ckpt_dir, state, meta, max_to_keep)
-        raise CollapseError(f"{message} Checkpoint of step {record['step']} saved.")
-    warnings.warn(message, CollapseWarning, stacklevel=3)
+        raise monitor.CollapseError(f"{message} Checkpoint of step {record['step']} saved.")
+    warnings.warn(message, monitor.CollapseWarning, stacklevel=3)
 
 
 @contextlib.contextmanager
@@ -587,55 +543,6 @@ def _primary_open(path):
         return
     with open(path, "a") as f:
         yield f
-
-
-def make_loss(name: str, model, *, sigma: float, k: int, **options) -> Callable:
-    """loss_fn(params, model_state, batch, key[, step]) for `make_train_step`, from the loss `name`
-    of rsjax.losses.LOSSES with its k and keyword options; unknown or missing options raise
-    ValueError here, before anything is compiled."""
-    if name not in losses.LOSSES:
-        raise ValueError(f"unknown loss {name!r}; available: {sorted(losses.LOSSES)}")
-    apply_fn = losses.make_train_apply(model)
-    fn = losses.LOSSES[name]
-    accepted = set(inspect.signature(fn).parameters)
-    unknown = set(options) - (accepted - {"apply_fn", "sigma", "k", "step"})
-    missing = (
-        {
-            p.name
-            for p in inspect.signature(fn).parameters.values()
-            if p.kind is p.KEYWORD_ONLY and p.default is p.empty
-        }
-        - {"apply_fn", "sigma", "k"}
-        - set(options)
-    )
-    if unknown or missing:
-        raise ValueError(
-            f"loss {name!r}: unknown options {sorted(unknown)}, missing options "
-            f"{sorted(missing)} (its keyword options: {sorted(accepted)})"
-        )
-
-    if "step" in accepted:
-
-        def loss_fn(params, model_state, batch, key, step):
-            return fn(
-                params,
-                model_state,
-                batch,
-                key,
-                apply_fn=apply_fn,
-                sigma=sigma,
-                k=k,
-                step=step,
-                **options,
-            )
-    else:
-
-        def loss_fn(params, model_state, batch, key):
-            return fn(
-                params, model_state, batch, key, apply_fn=apply_fn, sigma=sigma, k=k, **options
-            )
-
-    return loss_fn
 
 
 def _log(metrics_file, window, step, epoch, images_per_s):
@@ -665,84 +572,6 @@ def _check_finite(window, step):
                 "lr_warmup_epochs or clip_norm, or check the data."
             )
     return window
-
-
-class VoteSummary(NamedTuple):
-    """One pass of held-out votes: accuracy (fraction of examples whose majority vote is the label),
-    top_class (the class that received the most votes over all examples and noisy copies) and
-    top_class_fraction (its share of all num_examples * num_noise votes)."""
-
-    accuracy: float
-    top_class: int
-    top_class_fraction: float
-
-
-def smoothed_accuracy(key, model, variables, images, labels, **options) -> float:
-    """Fraction of examples whose majority vote over `num_noise` noisy copies is the label.
-
-    A cheap training-time estimate of the smoothed classifier's clean accuracy (no abstention, no
-    confidence bound): certify with rsjax.certify for guarantees. `options` are vote_summary's
-    (sigma, num_classes, num_noise, mesh=None, batch_size=64).
-    """
-    return smoothed_summary(key, model, variables, images, labels, **options).accuracy
-
-
-def smoothed_summary(key, model, variables, images, labels, **options) -> VoteSummary:
-    """`smoothed_accuracy` and the most common predicted class from the same votes (VoteSummary)."""
-    return vote_summary(key, _eval_logits_fn(model), variables, images, labels, **options)
-
-
-def vote_accuracy(key, logits_fn, params, images, labels, **options) -> float:
-    """`smoothed_accuracy` of any logits_fn(params, x) (e.g. an empirical Bayes classifier)."""
-    return vote_summary(key, logits_fn, params, images, labels, **options).accuracy
-
-
-def vote_summary(
-    key,
-    logits_fn,
-    params,
-    images,
-    labels,
-    *,
-    sigma,
-    num_classes,
-    num_noise,
-    mesh=None,
-    batch_size: int = 64,
-) -> VoteSummary:
-    """VoteSummary of any logits_fn(params, x) from counts of `num_noise` noisy copies per example
-    (example i's noise from its index i, as in certification: batch_size changes nothing)."""
-    correct = 0
-    totals = np.zeros(num_classes, np.int64)
-    for start in range(0, len(labels), batch_size):
-        stop = min(start + batch_size, len(labels))
-        counts = votes.count_votes(
-            key,
-            logits_fn,
-            params,
-            images[start:stop],
-            np.arange(start, stop),
-            sigma=sigma,
-            num_classes=num_classes,
-            num_samples=num_noise,
-            stream=votes.ESTIMATION,
-            mesh=mesh,
-        )
-        counts = np.asarray(counts)
-        correct += int((counts.argmax(axis=1) == labels[start:stop]).sum())
-        totals += counts.sum(axis=0).astype(np.int64)
-    top = int(totals.argmax())
-    return VoteSummary(correct / len(labels), top, float(totals[top] / max(totals.sum(), 1)))
-
-
-_EVAL_FNS: dict = {}
-
-
-def _eval_logits_fn(model):
-    """One logits_fn object per model, so that vote counting compiles once per shape."""
-    if model not in _EVAL_FNS:
-        _EVAL_FNS[model] = models.make_logits_fn(model)
-    return _EVAL_FNS[model]
 
 
 def _variables(state: TrainState) -> dict:

@@ -135,7 +135,7 @@ def test_config_smoke(spec, tmp_path):
 @pytest.mark.parametrize("name", DATASET_CONFIGS)
 def test_every_method_and_sigma_builds_a_valid_loss(name):
     """All 5 methods x 3 sigmas of each dataset config give a loss whose options rsjax accepts."""
-    from rsjax import models, train
+    from rsjax import losses, models
 
     model = models.make_model("linear", num_classes=10)
     for method in METHODS:
@@ -144,7 +144,7 @@ def test_every_method_and_sigma_builds_a_valid_loss(name):
                 config = _config(f"{name}:method={method},sigma={sigma}", smoke)
                 assert config["loss"] == method and config["sigma"] == sigma
                 options = dict(config["loss_options"])
-                train.make_loss(config["loss"], model, sigma=sigma, k=config["k"], **options)
+                losses.make_loss(config["loss"], model, sigma=sigma, k=config["k"], **options)
                 if "eps" in options:
                     assert options["eps"] == sigma and config["warmup_epochs"] >= 0
 

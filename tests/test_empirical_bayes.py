@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import rsjax
-from rsjax import checkpoint, empirical_bayes, train, tweedie
+from rsjax import checkpoint, empirical_bayes, monitor, train, tweedie
 
 SIGMA = 0.25
 MU = np.array([1.0, 0.0, 0.0, 0.0], np.float32).reshape(1, 1, 4)  # one image (H, W, C) = (1, 1, 4)
@@ -129,12 +129,12 @@ def test_fit_xhat_flags_a_collapsed_classifier(tmp_path):
     held_out = dict(eval_images=images[:30], eval_labels=labels[:30], eval_noise=8)
     xhat = dict(LINEAR_XHAT, images=images, labels=np.zeros_like(labels), **held_out)
     xhat.update(denoiser_dir=denoiser_dir, eps=0.0, learning_rate=0.5, show_progress=False)
-    with pytest.warns(train.CollapseWarning, match="class 0"):
+    with pytest.warns(monitor.CollapseWarning, match="class 0"):
         empirical_bayes.fit_xhat(jax.random.key(1), tmp_path / "warn", **xhat)
     records = [json.loads(line) for line in open(tmp_path / "warn" / "metrics.jsonl")]
     (record,) = [r for r in records if "smoothed_accuracy" in r]
     assert record["collapsed"] is True and record["top_class"] == 0
-    with pytest.raises(train.CollapseError, match="epoch 1"):
+    with pytest.raises(monitor.CollapseError, match="epoch 1"):
         empirical_bayes.fit_xhat(
             jax.random.key(1), tmp_path / "fail", fail_on_collapse=True, **xhat
         )

@@ -2,6 +2,7 @@
 class, MACER's hinge set, and finite, correct gradients (also where MACER's margin is infinite)."""
 
 import functools
+import inspect
 
 import jax
 import jax.numpy as jnp
@@ -382,3 +383,17 @@ def test_macer_lam_warm_up():
         expected = float(m["ce"]) + weight * MACER["lam"] * float(m["hinge"])
         np.testing.assert_allclose(float(loss), expected, rtol=1e-6)
     np.testing.assert_allclose(float(loss), float(full), rtol=1e-6)
+
+
+def test_make_loss_builds_by_name_and_checks_options_before_compiling():
+    model = models.make_model("lenet", num_classes=4)
+    with pytest.raises(ValueError, match=r"unknown loss 'adr'; available: \['adre', 'adre_adv'"):
+        losses.make_loss("adr", model, sigma=0.25, k=2)
+    with pytest.raises(ValueError, match=r"missing options \['lam'\]"):
+        losses.make_loss("adre", model, sigma=0.25, k=2)
+    with pytest.raises(ValueError, match=r"unknown options \['lamda'\]"):
+        losses.make_loss("gaussian", model, sigma=0.25, k=1, lamda=1.0)
+    plain = losses.make_loss("gaussian", model, sigma=0.25, k=1)
+    warmed = losses.make_loss("smoothadv", model, sigma=0.25, k=1, eps=0.5, num_steps=1)
+    assert list(inspect.signature(plain).parameters) == ["params", "model_state", "batch", "key"]
+    assert list(inspect.signature(warmed).parameters)[-1] == "step"

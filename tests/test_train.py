@@ -13,7 +13,7 @@ import numpy as np
 import optax
 import pytest
 
-from rsjax import checkpoint, losses, models, preemption, sharding, train
+from rsjax import checkpoint, losses, models, monitor, preemption, sharding, train
 
 
 def _data(n=96, seed=0):
@@ -201,7 +201,7 @@ def test_microbatches_average_the_groups_gradients():
     batch = {"image": jnp.asarray(images), "label": jnp.asarray(labels)}
     model = models.make_model("lenet", num_classes=4)
     # sigma ~ 0: every grouping sees the same inputs, so the averaged gradient must be the full one.
-    loss_fn = train.make_loss("adre", model, sigma=1e-7, k=2, lam=0.5)
+    loss_fn = losses.make_loss("adre", model, sigma=1e-7, k=2, lam=0.5)
     full, full_metrics = _step_once(model, loss_fn, batch)
     for m in (2, 4):
         micro, metrics = _step_once(model, loss_fn, batch, microbatches=m)
@@ -213,7 +213,7 @@ def test_microbatches_average_the_groups_gradients():
         np.testing.assert_allclose(metrics["loss"], full_metrics["loss"], rtol=1e-5)
         np.testing.assert_allclose(metrics["grad_norm"], full_metrics["grad_norm"], rtol=1e-4)
     # With real noise the groups draw their own: a different but equally valid step.
-    noisy = train.make_loss("gaussian", model, sigma=0.5, k=2)
+    noisy = losses.make_loss("gaussian", model, sigma=0.5, k=2)
     a, _ = _step_once(model, noisy, batch)
     b, _ = _step_once(model, noisy, batch, microbatches=2)
     assert not np.allclose(a.params["Dense_0"]["kernel"], b.params["Dense_0"]["kernel"])
@@ -225,14 +225,14 @@ def test_microbatches_refuse_batch_norm_and_ragged_groups():
     lenet = models.make_model("lenet", num_classes=4)
     with pytest.raises(ValueError, match="must divide the batch size 6"):
         _step_once(
-            lenet, train.make_loss("gaussian", lenet, sigma=0.25, k=1), batch, microbatches=4
+            lenet, losses.make_loss("gaussian", lenet, sigma=0.25, k=1), batch, microbatches=4
         )
     with pytest.raises(ValueError, match="microbatches must be an int >= 1"):
         train.make_train_step(lambda *a: None, optax.sgd(0.1), microbatches=0)
     resnet = models.make_model("resnet20", num_classes=4)
     with pytest.raises(ValueError, match="batch norm"):
         _step_once(
-            resnet, train.make_loss("gaussian", resnet, sigma=0.25, k=1), batch, microbatches=2
+            resnet, losses.make_loss("gaussian", resnet, sigma=0.25, k=1), batch, microbatches=2
         )
 
 
@@ -348,7 +348,7 @@ def test_deliberately_broken_config_is_stopped(tmp_path, broken):
     run, as non-finite (naming the step) or as collapse (one class, or accuracy at chance, on the
     held-out votes)."""
     images, labels = _data()
-    with pytest.raises((train.NonFiniteLossError, train.CollapseError)) as stopped:
+    with pytest.raises((train.NonFiniteLossError, monitor.CollapseError)) as stopped:
         _fit(
             tmp_path / "run",
             images,
@@ -375,12 +375,12 @@ def test_one_class_model_is_flagged_as_collapsed(tmp_path):
     images, labels = _data()
     held_out = dict(eval_images=images[:32], eval_labels=labels[:32], eval_noise=8)
     zeros = np.zeros_like(labels)
-    with pytest.warns(train.CollapseWarning, match=r"epoch 1 .*(9\d\.\d|100\.0)% .*class 0"):
+    with pytest.warns(monitor.CollapseWarning, match=r"epoch 1 .*(9\d\.\d|100\.0)% .*class 0"):
         _fit(tmp_path / "warn", images, zeros, epochs=1, **held_out)
     (record,) = _eval_records(tmp_path / "warn")
     assert record["collapsed"] is True and record["top_class"] == 0
     assert record["top_class_fraction"] > 0.9 and "class 0" in record["collapse_reason"]
-    with pytest.raises(train.CollapseError, match="epoch 1"):
+    with pytest.raises(monitor.CollapseError, match="epoch 1"):
         _fit(tmp_path / "fail", images, zeros, epochs=2, fail_on_collapse=True, **held_out)
     assert checkpoint.latest_step(tmp_path / "fail" / "checkpoints") == 96 // 16  # epoch 1's
 
@@ -388,7 +388,7 @@ def test_one_class_model_is_flagged_as_collapsed(tmp_path):
 def test_healthy_run_with_warmup_and_clipping_gives_no_collapse(tmp_path):
     images, labels = _data()
     with warnings.catch_warnings():
-        warnings.simplefilter("error", train.CollapseWarning)
+        warnings.simplefilter("error", monitor.CollapseWarning)
         _fit(
             tmp_path / "run",
             images,
@@ -404,28 +404,6 @@ def test_healthy_run_with_warmup_and_clipping_gives_no_collapse(tmp_path):
     assert all(r["top_class_fraction"] < 0.9 for r in evals)
     meta = checkpoint.restore_meta(tmp_path / "run" / "checkpoints")[1]
     assert (meta["lr_warmup_epochs"], meta["clip_norm"]) == (1, 10.0)
-
-
-def test_collapse_reason_thresholds():
-    summary = train.VoteSummary
-    assert train.collapse_reason(summary(0.8, 3, 0.3), num_classes=10) is None
-    assert "class 3" in train.collapse_reason(summary(0.8, 3, 0.95), num_classes=10)
-    assert "chance" in train.collapse_reason(summary(0.115, 3, 0.3), num_classes=10)
-    assert train.collapse_reason(summary(0.125, 3, 0.3), num_classes=10) is None
-    assert train.collapse_reason(summary(0.1, 3, 0.3), num_classes=10, after_warmup=False) is None
-
-
-def test_vote_summary_counts_every_noisy_copy():
-    """A logits_fn that always says class 2: accuracy is the share of label 2, fraction 1."""
-
-    def logits_fn(params, x):
-        return jnp.zeros((x.shape[0], 4)).at[:, 2].set(1.0)
-
-    images, labels = _data(20)
-    got = train.vote_summary(
-        jax.random.key(0), logits_fn, {}, images, labels, sigma=0.25, num_classes=4, num_noise=4
-    )
-    assert got == train.VoteSummary(float(np.mean(labels == 2)), 2, 1.0)
 
 
 def test_runs_without_the_stability_keys_still_resume(tmp_path):
