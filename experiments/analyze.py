@@ -19,7 +19,7 @@ import argparse
 import json
 import pathlib
 
-from rsjax import analysis
+from rsjax import analysis, plots
 
 
 def main(argv=None):
@@ -72,9 +72,7 @@ def main(argv=None):
         with open(args.markdown, "w") as f:
             f.write(table)
     if args.plot:
-        analysis.plot_certified_accuracy(
-            runs, args.plot, title=args.title, max_radius=args.max_radius
-        )
+        plots.plot_certified_accuracy(runs, args.plot, title=args.title, max_radius=args.max_radius)
     if args.json:
         summaries = {
             label: {"path": path, **analysis.summarize(runs[label], args.radii)}
@@ -122,7 +120,7 @@ def seeds_report(args, parser):
         first = seed_dirs[0].name
         shown = {label: by_seed[first] for label, by_seed in read.items() if first in by_seed}
         title = f"{args.title or ''} ({first})".strip()
-        analysis.plot_certified_accuracy(shown, args.plot, title=title, max_radius=args.max_radius)
+        plots.plot_certified_accuracy(shown, args.plot, title=title, max_radius=args.max_radius)
     if args.json:
         summaries = {
             label: {

@@ -20,7 +20,7 @@ import cli
 import jax
 import numpy as np
 
-from rsjax import analysis, checkpoint, models, records, runs, train
+from rsjax import analysis, checkpoint, models, plots, records, runs, train
 
 CONFIG = pathlib.Path(__file__).parent / "configs" / "mnist5k_lenet_gaussian.py"
 RADII = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -90,7 +90,7 @@ def main(argv=None):
         f" alpha = {config['alpha']}"
     )
     (outdir / "report.md").write_text(f"# Quickstart\n\n{what}\n\n{table}")
-    analysis.plot_certified_accuracy(
+    plots.plot_certified_accuracy(
         results,
         outdir / "certified_accuracy.png",
         title=f"LeNet on MNIST 5k held-out, sigma = {config['sigma']}",

@@ -15,7 +15,7 @@ import pathlib
 import jax
 import numpy as np
 
-from rsjax import analysis, empirical_bayes, walkjump
+from rsjax import empirical_bayes, plots, walkjump
 
 
 def main(argv=None):
@@ -59,7 +59,7 @@ def main(argv=None):
         f"walk-jump, sigma {sigma}, {args.steps_per_jump} steps/jump, "
         f"delta {args.delta or 0.5 * sigma:g} ({meta['score_model']}, step {step})"
     )
-    analysis.save_image_grid(jumps, out, title=title)
+    plots.save_image_grid(jumps, out, title=title)
     print(f"wrote {out} and {out.with_suffix('.npy')} ({args.chains} chains x {args.jumps} jumps)")
 
 
