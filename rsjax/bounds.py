@@ -1,17 +1,21 @@
 """Exact binomial confidence bounds and the randomized-smoothing radius, on the host in float64.
 
+Clopper-Pearson bounds hold at one pre-set n; `mixture_bounds` (a beta-binomial mixture confidence
+sequence) holds at every n at once, for sequential certification (rsjax.sequential).
+
 Everything here is numpy/scipy over count arrays of any shape (broadcasting), so that one call bounds a
 whole batch of examples. Nothing here runs on the accelerator: the statistics must be float64.
 
 References: Clopper & Pearson (1934); Cohen, Rosenfeld & Kolter, "Certified Adversarial Robustness via
-Randomized Smoothing", ICML 2019; rsjax REFERENCE sections 1 and 2.
+Randomized Smoothing", ICML 2019; Robbins, Ann. Math. Statist. 1970, and Howard, Ramdas, McAuliffe &
+Sekhon, Ann. Statist. 2021 (the mixture confidence sequence); rsjax REFERENCE sections 1 and 2.
 """
 
 import math
 import warnings
 
 import numpy as np
-from scipy import stats
+from scipy import special, stats
 
 
 class NeverCertifiesWarning(UserWarning):
@@ -136,3 +140,52 @@ def binomial_pvalue_two_sided(na, nb):
         if a + b > 0:
             out[index] = stats.binomtest(a, a + b, 0.5).pvalue
     return out
+
+
+def _mixture_log_m(p, k, n, log_marginal):
+    """log M_n(p) of the beta-binomial mixture martingale (mixture_bounds); log_marginal is
+    log B(a + k, b + n - k) - log B(a, b), which does not depend on p."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return log_marginal - special.xlogy(k, p) - special.xlog1py(n - k, -p)
+
+
+def _bisect(f, out, inn, iterations):
+    """Bisection on a bracket [out, inn] with f(out) False and f(inn) True; returns the outer end."""
+    for _ in range(iterations):
+        mid = 0.5 * (out + inn)
+        ok = f(mid)
+        out, inn = np.where(ok, out, mid), np.where(ok, mid, inn)
+    return out
+
+
+def mixture_bounds(k, n, alpha, k0, n0, iterations: int = 60, lower_only: bool = False):
+    """The beta-binomial mixture confidence interval {p : M_n(p) < 1/alpha} (two-sided, so each end
+    holds at level alpha at every n at once), prior Beta(k0 + 1/2, n0 - k0 + 1/2).
+
+    Under p, M_n(p) = B(a + k, b + n - k) / B(a, b) / (p^k (1 - p)^(n - k)) with a, b the prior's
+    parameters is a nonnegative martingale in n with M_0 = 1, so by Ville's inequality
+    P(exists n: M_n(p) >= 1/alpha) <= alpha: the interval holds at every n at once (a confidence
+    sequence), however the n at which it is read was chosen. The prior must be fixed before the k
+    draws: in sequential CERTIFY k0, n0 are the selection draws, independent of the estimation draws.
+
+    Bisection keeps the outer end of each bracket, so both ends are conservative. Returns (lower,
+    upper), float64 arrays of the broadcast shape (upper is None with lower_only).
+    """
+    k, n, k0 = np.broadcast_arrays(*(np.asarray(v, np.float64) for v in (k, n, k0)))
+    a, b = k0 + 0.5, n0 - k0 + 0.5
+    level = math.log(1.0 / alpha)
+    p_hat = k / n
+    log_marginal = special.betaln(a + k, b + n - k) - special.betaln(a, b)
+    inside = _mixture_log_m(p_hat, k, n, log_marginal) < level
+
+    def ok(p):
+        return _mixture_log_m(p, k, n, log_marginal) < level
+
+    # log M decreases on (0, p_hat] and increases on [p_hat, 1).
+    lower = np.where(k == 0, 0.0, _bisect(ok, np.zeros_like(p_hat), p_hat, iterations))
+    # An empty set (an event of probability <= alpha) says nothing: report the point estimate.
+    lower = np.where(inside, lower, p_hat)
+    if lower_only:
+        return lower, None
+    upper = np.where(k == n, 1.0, _bisect(ok, np.ones_like(p_hat), p_hat, iterations))
+    return lower, np.where(inside, upper, p_hat)

@@ -19,12 +19,11 @@ look does not have this property (tests/test_sequential.py shows it failing cove
 The two constructions (`bound=`):
 - "union" (default): Clopper-Pearson at each look at level alpha_t, with sum_t alpha_t = alpha fixed
   before any draw (`spending`). By the union bound P(exists t: L_t > pA) <= sum_t alpha_t = alpha.
-- "mixture": the beta-binomial mixture confidence sequence (Robbins 1970; Howard et al. 2021; the
-  betting view of Waudby-Smith & Ramdas 2024). Under pA = p, M_n(p) = B(a + k, b + n - k) / B(a, b)
-  / (p^k (1 - p)^(n - k)) is a nonnegative martingale with M_0 = 1, so by Ville's inequality
-  P(exists n: M_n(p) >= 1/alpha) <= alpha: {p : M_n(p) < 1/alpha} holds at every n at once, looks or
-  not. The prior Beta(a, b) = Beta(k0 + 1/2, n0 - k0 + 1/2) is centred on the selection frequency;
-  the selection draws are independent of the estimation draws, so the prior is fixed before them.
+- "mixture": the beta-binomial mixture confidence sequence (rsjax.bounds.mixture_bounds; Robbins
+  1970; Howard et al. 2021; the betting view of Waudby-Smith & Ramdas 2024): by Ville's inequality
+  it holds at every n at once, looks or not. Its prior Beta(k0 + 1/2, n0 - k0 + 1/2) is centred on
+  the selection frequency; the selection draws are independent of the estimation draws, so the
+  prior is fixed before them.
 Which is tighter: `benchmarks/sequential_bounds.py` measures both on simulated images of every kind
 (benchmarks/README.md): the union bound needs fewer draws and certifies larger radii at n_max for the
 confident images that dominate the cost, because near pA = 1 Clopper-Pearson loses only
@@ -57,7 +56,7 @@ from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
 import numpy as np
-from scipy import special, stats
+from scipy import stats
 
 from rsjax import bounds, votes
 
@@ -262,49 +261,6 @@ def make_plan(
 # Confidence bounds at one look (vectorized over images; float64 on the host).
 
 
-def _mixture_log_m(p, k, n, log_marginal):
-    """log M_n(p) of the beta-binomial mixture martingale (module docstring); log_marginal is
-    log B(a + k, b + n - k) - log B(a, b), which does not depend on p."""
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return log_marginal - special.xlogy(k, p) - special.xlog1py(n - k, -p)
-
-
-def _bisect(f, out, inn, iterations):
-    """Bisection on a bracket [out, inn] with f(out) False and f(inn) True; returns the outer end."""
-    for _ in range(iterations):
-        mid = 0.5 * (out + inn)
-        ok = f(mid)
-        out, inn = np.where(ok, out, mid), np.where(ok, mid, inn)
-    return out
-
-
-def mixture_bounds(k, n, alpha, k0, n0, iterations: int = 60, lower_only: bool = False):
-    """The beta-binomial mixture confidence interval {p : M_n(p) < 1/alpha} (two-sided, so each end
-    holds at level alpha at every n at once), prior Beta(k0 + 1/2, n0 - k0 + 1/2).
-
-    Bisection keeps the outer end of each bracket, so both ends are conservative. Returns (lower,
-    upper), float64 arrays of the broadcast shape (upper is None with lower_only).
-    """
-    k, n, k0 = np.broadcast_arrays(*(np.asarray(v, np.float64) for v in (k, n, k0)))
-    a, b = k0 + 0.5, n0 - k0 + 0.5
-    level = math.log(1.0 / alpha)
-    p_hat = k / n
-    log_marginal = special.betaln(a + k, b + n - k) - special.betaln(a, b)
-    inside = _mixture_log_m(p_hat, k, n, log_marginal) < level
-
-    def ok(p):
-        return _mixture_log_m(p, k, n, log_marginal) < level
-
-    # log M decreases on (0, p_hat] and increases on [p_hat, 1).
-    lower = np.where(k == 0, 0.0, _bisect(ok, np.zeros_like(p_hat), p_hat, iterations))
-    # An empty set (an event of probability <= alpha) says nothing: report the point estimate.
-    lower = np.where(inside, lower, p_hat)
-    if lower_only:
-        return lower, None
-    upper = np.where(k == n, 1.0, _bisect(ok, np.ones_like(p_hat), p_hat, iterations))
-    return lower, np.where(inside, upper, p_hat)
-
-
 def look_bounds(plan: Plan, t, k, k0=None, lower_only: bool = False):
     """(lower, upper) bounds on pA at look(s) t (an int or an array broadcasting with k) from k votes
     for cA among the first plan.looks[t] draws; k0: the selection count of cA (the mixture's prior)."""
@@ -314,7 +270,7 @@ def look_bounds(plan: Plan, t, k, k0=None, lower_only: bool = False):
         alpha_t = np.asarray(plan.alphas)[t]
         lower = bounds.clopper_pearson_lower(k, n, alpha_t)
         return lower, None if lower_only else bounds.clopper_pearson_upper(k, n, alpha_t)
-    return mixture_bounds(k, n, plan.alpha, k0, plan.n0, lower_only=lower_only)
+    return bounds.mixture_bounds(k, n, plan.alpha, k0, plan.n0, lower_only=lower_only)
 
 
 def _radius(sigma, p):

@@ -253,3 +253,15 @@ def test_binomial_pvalue_against_scipy():
     grid = bounds.binomial_pvalue_two_sided(np.array([[10], [20]]), np.array([1, 5, 10]))
     assert grid.shape == (2, 3)
     assert grid[1, 2] == pytest.approx(stats.binomtest(20, 30, 0.5).pvalue, rel=1e-12)
+
+
+def test_mixture_bounds_contain_the_estimate_and_are_wider_than_one_look_clopper_pearson():
+    """That they hold at every look at once is tests/test_sequential.py::test_coverage with
+    bound "mixture"."""
+    k = np.array([0, 3, 50, 99, 100])
+    lower, upper = bounds.mixture_bounds(k, 100, 0.05, k0=np.array([0, 5, 50, 95, 100]), n0=100)
+    assert np.all(lower <= k / 100) and np.all(upper >= k / 100)
+    assert lower[0] == 0 and upper[-1] == 1
+    # Wider than Clopper-Pearson at a single look at the same level (it holds at every n).
+    cp = bounds.clopper_pearson_lower(k[1:], 100, 0.05)
+    assert np.all(lower[1:] <= cp + 1e-12)

@@ -155,16 +155,6 @@ def test_radius_looks_are_fixed_by_the_settings_alone():
         sequential.make_plan(sigma=0.5, alpha=1e-3, n0=100, n_max=1000, radii=(0.5,), schedule="x")
 
 
-def test_mixture_bounds_are_a_confidence_sequence_and_contain_the_estimate():
-    k = np.array([0, 3, 50, 99, 100])
-    lower, upper = sequential.mixture_bounds(k, 100, 0.05, k0=np.array([0, 5, 50, 95, 100]), n0=100)
-    assert np.all(lower <= k / 100) and np.all(upper >= k / 100)
-    assert lower[0] == 0 and upper[-1] == 1
-    # Wider than Clopper-Pearson at a single look at the same level (it holds at every n).
-    cp = rsjax.bounds.clopper_pearson_lower(k[1:], 100, 0.05)
-    assert np.all(lower[1:] <= cp + 1e-12)
-
-
 def test_fixed_n_agreement_when_every_look_is_needed():
     """An image that runs to n_max sees the fixed n = n_max counts: its bound is Clopper-Pearson at
     the last look's level (alpha / 2), at least the bound of every earlier look."""
