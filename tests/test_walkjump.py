@@ -66,6 +66,35 @@ def test_walk_jump_stays_finite_and_jumps_land_near_the_data():
     assert 0.2 < float(jnp.mean(sides > 0)) < 0.8
 
 
+def test_unrolling_changes_the_speed_not_the_walk():
+    """unroll (lax.scan's) traces the same steps with the same noise: equal to float rounding."""
+    y0 = jax.random.normal(jax.random.key(5), (8, 2))
+    start = walkjump.WalkState(y0, jnp.zeros_like(y0))
+    for unroll in (True, 3):
+        options = dict(delta=0.15, num_steps=7, unroll=unroll)
+        looped = walkjump.walk(jax.random.key(0), two_point_psi, start, **dict(options, unroll=1))
+        unrolled = walkjump.walk(jax.random.key(0), two_point_psi, start, **options)
+        np.testing.assert_allclose(unrolled.y, looped.y, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(unrolled.v, looped.v, rtol=1e-5, atol=1e-6)
+    sample = dict(sigma=SIGMA, num_jumps=3, steps_per_jump=4, delta=0.5 * SIGMA)
+    np.testing.assert_allclose(
+        walkjump.walk_jump_sample(
+            jax.random.key(3), two_point_psi, y0, unroll=True, **sample
+        ).jumps,
+        walkjump.walk_jump_sample(jax.random.key(3), two_point_psi, y0, **sample).jumps,
+        rtol=1e-5,
+        atol=1e-6,
+    )
+    params = {"classifier": {"w": jnp.array([1.0, 0.0])}, "score": {"mu": MU}}
+    logits = [
+        walkjump.make_walk_jump_logits_fn(
+            _linear_classifier, _score_fn, sigma=SIGMA, num_steps=5, delta=0.5 * SIGMA, unroll=u
+        )(params, y0)
+        for u in (1, True)
+    ]
+    np.testing.assert_allclose(logits[1], logits[0], rtol=1e-5, atol=1e-6)
+
+
 def test_walk_rejects_bad_settings():
     state = walkjump.WalkState(jnp.zeros((1, 2)), jnp.zeros((1, 2)))
     with pytest.raises(ValueError, match="delta > 0"):
