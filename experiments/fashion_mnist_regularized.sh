@@ -11,8 +11,8 @@
 #   bash experiments/fashion_mnist_regularized.sh [RUNS_DIR]     (default runs/fashion_mnist_0.5_long)
 #
 # Environment (defaults): EPOCHS (10), SEEDS ("0 1"), K (4: noisy copies for ADRE, ADRE-ADV and
-# MACER), ONLY (run only the methods whose run name contains this; gaussian also matches
-# gaussian_bn), SEQUENTIAL (1; 0: fixed n only), EXPORT (a folder: after each run, copy its config,
+# MACER), LAMBDAS ("0.05 0.1 0.2": ADRE's lambdas, the run of lambda L is adre_lamL), ONLY (run only
+# the methods whose run name contains this; gaussian also matches gaussian_bn), SEQUENTIAL (1; 0: fixed n only), EXPORT (a folder: after each run, copy its config,
 # metrics, TSVs and sidecars there, no checkpoints; experiments/results/fashion_mnist_0.5_long is
 # the committed one), PY (.venv/bin/python). MACER trains the config's default for it, LeNet with
 # batch norm (lenet_bn): its hinge does not train the plain LeNet (experiments/README.md).
@@ -36,6 +36,7 @@ ONLY=${ONLY:-}
 SEQUENTIAL=${SEQUENTIAL:-1}
 EXPORT=${EXPORT:-}
 ADV_MICROBATCHES=${ADV_MICROBATCHES:-8}
+LAMBDAS=${LAMBDAS:-0.05 0.1 0.2}
 PY=${PY:-.venv/bin/python}
 CONFIG=experiments/configs/fashion_mnist_lenet.py
 CERT=(--skip 20 --n0 100 --alpha 0.001)
@@ -83,7 +84,7 @@ run() {  # run NAME SEED CONFIG_ARGS: train, then certify
 
 for seed in $SEEDS; do
   run gaussian "$seed" "method=gaussian"
-  for lam in 0.05 0.1 0.2; do  # the ADRE lambda sweep
+  for lam in $LAMBDAS; do  # the ADRE lambda sweep
     run "adre_lam$lam" "$seed" "method=adre,k=$K,lam=$lam"
   done
   run smoothadv "$seed" "method=smoothadv"
