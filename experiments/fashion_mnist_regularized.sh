@@ -12,10 +12,11 @@
 #
 # Environment (defaults): EPOCHS (10), SEEDS ("0 1"), K (4: noisy copies for ADRE, ADRE-ADV and
 # MACER), LAMBDAS ("0.05 0.1 0.2": ADRE's lambdas, the run of lambda L is adre_lamL), ONLY (run only
-# the methods whose run name contains this; gaussian also matches gaussian_bn), SEQUENTIAL (1; 0: fixed n only), EXPORT (a folder: after each run, copy its config,
-# metrics, TSVs and sidecars there, no checkpoints; experiments/results/fashion_mnist_0.5_long is
-# the committed one), PY (.venv/bin/python). MACER trains the config's default for it, LeNet with
-# batch norm (lenet_bn): its hinge does not train the plain LeNet (experiments/README.md).
+# the methods whose run name contains this; gaussian also matches gaussian_bn), SEQUENTIAL (1; 0:
+# fixed n only), EXPORT (a folder: after each run, copy its config, metrics, TSVs and sidecars there,
+# no checkpoints; experiments/results/fashion_mnist_0.5_long is the committed one), PY
+# (.venv/bin/python). MACER trains the config's default for it, LeNet with batch norm (lenet_bn):
+# its hinge does not train the plain LeNet (experiments/README.md).
 # Runs longer than a working session: stop the training process with SIGTERM (kill -TERM PID of its
 # python): it saves the step in progress, and with EXPORT set the script parks the run's config,
 # metrics and that checkpoint in EXPORT/inflight/seedS/NAME (about 3 MB; commit it). A later run of
