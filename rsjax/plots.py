@@ -13,6 +13,9 @@ import numpy as np
 
 from rsjax import analysis
 
+LEGEND_INSIDE = 6  # runs whose legend fits inside the axes without hiding the curves
+LINE_STYLES = ("-", "--", ":", "-.")
+
 
 def plot_certified_accuracy(
     named_results: Mapping[str, analysis.CertResults],
@@ -25,8 +28,10 @@ def plot_certified_accuracy(
 
     acc(r) is constant on each interval (r_(k-1), r_k] between consecutive certified radii, so the
     curve is drawn from its breakpoints, not sampled. ``max_radius`` (default: 5% past the largest
-    certified radius) sets the x range. Uses matplotlib's Agg canvas directly: no pyplot, no change
-    to the global backend.
+    certified radius) sets the x range. Up to LEGEND_INSIDE runs share the axes with their legend;
+    more get the legend to the right of the axes and a line style per 10 runs, so that the colours,
+    which repeat every 10, still tell every curve apart. Uses matplotlib's Agg canvas directly: no
+    pyplot, no change to the global backend.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -37,13 +42,16 @@ def plot_certified_accuracy(
             for res in named_results.values()
         ]
         max_radius = 1.05 * max(largest, default=0.0) or 1.0
-    fig = Figure(figsize=(6.0, 4.0), dpi=120)
+    outside = len(named_results) > LEGEND_INSIDE
+    fig = Figure(figsize=(9.0 if outside else 6.0, 4.0), dpi=120)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
-    for name, res in named_results.items():
+    for i, (name, res) in enumerate(named_results.items()):
         radii = np.asarray(res.radius, np.float64)[np.asarray(res.correct, bool)]
         xs = np.unique(np.concatenate([[0.0], radii[radii < max_radius], [max_radius]]))
-        ax.step(xs, analysis.certified_accuracy_curve(res, xs), where="pre", label=str(name))
+        curve = analysis.certified_accuracy_curve(res, xs)
+        style = LINE_STYLES[(i // 10) % len(LINE_STYLES)]
+        ax.step(xs, curve, where="pre", linestyle=style, label=str(name))
     ax.set_xlim(0.0, max_radius)
     ax.set_ylim(0.0, 1.02)
     ax.set_xlabel(analysis.RADIUS_LABEL)
@@ -51,7 +59,10 @@ def plot_certified_accuracy(
     if title is not None:
         ax.set_title(title)
     ax.grid(True, alpha=0.3)
-    ax.legend(loc="lower left")
+    if outside:
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small", frameon=False)
+    else:
+        ax.legend(loc="lower left")
     fig.tight_layout()
     fig.savefig(os.fspath(path), format="png")
 

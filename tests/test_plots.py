@@ -39,6 +39,11 @@ def test_plot_writes_png(tmp_path):
     assert nbytes > 10_000 and width >= 400 and height >= 300
     plots.plot_certified_accuracy(runs, tmp_path / "auto.png")  # x range from the radii
     assert _png_size(tmp_path / "auto.png")[1] == (width, height)
+    # More runs than fit beside the curves: the legend goes to the right, in a wider figure.
+    many = {f"run{i}": runs["a" if i % 2 else "b"] for i in range(plots.LEGEND_INSIDE + 6)}
+    plots.plot_certified_accuracy(many, tmp_path / "many.png")
+    wide, tall = _png_size(tmp_path / "many.png")[1]
+    assert wide > 1.3 * width and tall == height
 
 
 def test_image_grid_has_a_cell_per_image_and_checks_the_shape(tmp_path):
