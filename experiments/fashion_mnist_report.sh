@@ -18,13 +18,14 @@ has() { compgen -G "$DIR/seed*/$1/certify/cohen.tsv" > /dev/null; }
 PAIRS=()
 for pair in "adre_lam0.1 gaussian" "adre_lam0.05 gaussian" "adre_lam0.2 gaussian" \
   "adre_lam0.5 gaussian" "adre_lam0.05 adre_lam0.1" "adre_lam0.2 adre_lam0.1" \
-  "adre_lam0.5 adre_lam0.2" "smoothadv gaussian" "adre_lam0.1 smoothadv" \
+  "adre_lam0.5 adre_lam0.2" "adre_lam1.0 gaussian" "adre_lam1.0 adre_lam0.5" \
+  "smoothadv gaussian" "adre_lam0.1 smoothadv" \
   "adre_adv_lam0.1 gaussian" "adre_adv_lam0.1 adre_lam0.1" "adre_adv_lam0.1 smoothadv" \
   "macer gaussian_bn" "macer gaussian" "gaussian_bn gaussian" "macer adre_lam0.1"; do
   read -r a b <<< "$pair"
   if has "$a" && has "$b"; then PAIRS+=(--paired "$a/cohen" "$b/cohen"); fi
 done
-for run in gaussian adre_lam0.1 adre_lam0.05 adre_lam0.2 adre_lam0.5 smoothadv adre_adv_lam0.1 gaussian_bn macer; do
+for run in gaussian adre_lam0.1 adre_lam0.05 adre_lam0.2 adre_lam0.5 adre_lam1.0 smoothadv adre_adv_lam0.1 gaussian_bn macer; do
   if has "$run"; then PAIRS+=(--paired "$run/tcertify" "$run/cohen"); fi
 done
 "$PY" experiments/analyze.py --seeds "$DIR" --radii 0 0.25 0.5 0.75 1 1.5 \
