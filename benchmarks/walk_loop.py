@@ -10,9 +10,9 @@ convolutions in its scan body. For each score model and number of steps T, `scan
 rsjax.walkjump.walk with its default (a jax.lax.scan over the T steps) and `unrolled` the same walk
 with unroll=True (the T steps traced one after another); both jitted, on random-init weights, --batch
 MNIST-shaped inputs, delta 0.25, gamma 0.5, u 1. They alternate for --repeats rounds; the median
-times, their ratio, the compile times (the first call's seconds) and the largest difference between the two end points are
-reported. Rows are printed as a markdown table and appended as JSON lines to --out (with --quick,
-nowhere unless --out is given).
+times, their ratio, the compile times (the first call's seconds) and the largest difference between
+the two end points are reported. Rows are printed as a markdown table and appended as JSON lines to
+--out (with --quick, nowhere unless --out is given).
 """
 
 import argparse
