@@ -226,10 +226,17 @@ def predict_from_counts(counts, *, alpha: float) -> Prediction:
 
 
 def check_images(x) -> np.ndarray:
-    """Validates a batch of images: (B, H, W, C) floating point, finite. Returns float32 numpy."""
+    """Validates a batch of images: (B, H, W, C), B >= 1, floating point, finite, in [0, 1].
+
+    rsjax's convention: pixels are floats in [0, 1] (uint8 / 255), sigma is in those units and any
+    normalisation (mean, std) happens inside the model, after the noise. Images in 0..255 or already
+    normalised would be certified at the wrong scale, so they are refused. Returns float32 numpy.
+    """
     x = np.asarray(x)
     if x.ndim != 4:
         raise ValueError(f"x must be a batch of NHWC images (B, H, W, C), got shape {x.shape}")
+    if x.shape[0] == 0:
+        raise ValueError(f"x holds no images (shape {x.shape}): give at least one image")
     if not np.issubdtype(x.dtype, np.floating):
         raise TypeError(
             f"x must be floating point images in [0,1], got dtype {x.dtype} "
@@ -238,13 +245,40 @@ def check_images(x) -> np.ndarray:
     if not np.all(np.isfinite(x)):
         bad = int((~np.isfinite(x)).reshape(x.shape[0], -1).any(axis=1).sum())
         raise ValueError(f"x contains NaN or infinite values ({bad} of {x.shape[0]} images)")
+    low, high = float(x.min()), float(x.max())
+    if low < 0.0 or high > 1.0:
+        outside = int(((x < 0) | (x > 1)).reshape(x.shape[0], -1).any(axis=1).sum())
+        hint = " (0..255 pixels: divide by 255)" if high > 1.0 and high <= 255.0 and low >= 0 else ""
+        raise ValueError(
+            f"x must hold pixels in [0, 1], got values in [{low:.4g}, {high:.4g}] "
+            f"({outside} of {x.shape[0]} images outside){hint}. rsjax's convention: pixels / 255, "
+            "sigma in those units, and any normalisation (mean, std) inside the model, after the "
+            "noise"
+        )
     return x.astype(np.float32)
 
 
-def _check_samples(name: str, value: int) -> int:
+# Counts are int32 on the device: a count must stay below 2^31.
+MAX_SAMPLES = 2**31 - 1
+
+
+def check_samples(name: str, value: int) -> int:
+    """Validates a number of noise draws (n0, n, n_max): an integer in [1, 2^31 - 1]."""
     if isinstance(value, bool) or int(value) != value or value < 1:
         raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    if value > MAX_SAMPLES:
+        raise ValueError(
+            f"{name} = {value:,} exceeds {MAX_SAMPLES:,}, the largest count of the int32 vote "
+            "counters; split the draws over several runs"
+        )
     return int(value)
+
+
+def check_batch_size(batch_size: int) -> int:
+    """Validates a number of images per device call: an integer >= 1."""
+    if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1:
+        raise ValueError(f"batch_size (images per device call) must be an integer >= 1, got {batch_size!r}")
+    return int(batch_size)
 
 
 def _as_apply(logits_fn, params):
@@ -277,7 +311,7 @@ def _make_drawer(
     (B, num_classes) int32 counts over all of x, example batch by example batch."""
     sigma = bounds.check_sigma(sigma)
     bounds.check_alpha(alpha)
-    _check_samples("n", n)
+    check_samples("n", n)
     x = check_images(x)
     idx = votes.check_indices(np.arange(x.shape[0]) if idx is None else idx, x.shape[0])
     apply_fn, params = _as_apply(logits_fn, params)
@@ -393,7 +427,7 @@ def certify(
         raise ValueError("fixed sampling needs n, the estimation draws per example")
     if n_max is not None or radii is not None or radius_tol is not None:
         raise ValueError("n_max, radii and radius_tol belong to sampling='sequential'")
-    n0 = _check_samples("n0", n0)
+    n0 = check_samples("n0", n0)
     draw = _make_drawer(
         key,
         logits_fn,
