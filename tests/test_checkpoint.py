@@ -1,7 +1,9 @@
 """Checkpoints: round trip, retention, and clear errors for missing or corrupted ones."""
 
 import pathlib
+import shutil
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -53,8 +55,16 @@ def test_corrupted_checkpoint(tmp_path):
             path.write_bytes(b"\x00garbage" * 3)
             damaged += 1
     assert damaged
-    with pytest.raises(checkpoint.CheckpointError, match="corrupted"):
+    with pytest.raises(checkpoint.CorruptedCheckpointError, match="corrupted") as refused:
         checkpoint.restore(tmp_path, 1, model_like=MODEL)
+    # The message is ours, on one line; orbax's and TensorStore's (pages long) is the chained cause.
+    message = str(refused.value)
+    assert message == (
+        f"checkpoint {tmp_path} step 1 is corrupted or does not match the model (cannot be read: "
+        f"orbax fails on 'model' with {type(refused.value.__cause__).__name__}); "
+        "no intact step remains"
+    )
+    assert refused.value.__cause__ is not None
 
 
 def test_shape_mismatch_is_reported(tmp_path):
@@ -69,3 +79,80 @@ def test_unwritable_directory(tmp_path):
     blocker.write_text("not a directory")
     with pytest.raises(checkpoint.CheckpointError, match="cannot write"):
         _save(blocker / "ckpt", 1)
+
+
+BIG = {"params": {"w": jnp.arange(600.0).reshape(30, 20)}, "batch_stats": {}}  # arrays of ~2 kB
+BIG_TRAIN = {"step": jnp.int32(3), "opt_state": (jnp.linspace(0.0, 1.0, 600),)}
+
+
+def flip_one_bit(step_dir: pathlib.Path, item: str = "model") -> pathlib.Path:
+    """Flips one bit in the middle of the largest array data file of a saved item (orbax writes
+    the arrays as zarr chunks in an OCDBT store: the files of `ITEM/ocdbt.process_*/d/`)."""
+    data = [p for p in (step_dir / item).glob("ocdbt.process_*/d/*") if p.is_file()]
+    path = max(data, key=lambda p: p.stat().st_size)
+    raw = bytearray(path.read_bytes())
+    raw[len(raw) // 2] ^= 0x01
+    path.write_bytes(bytes(raw))
+    return path
+
+
+def _save_big(directory, step):
+    model = jax.tree.map(lambda a: a + step, BIG)
+    checkpoint.save(
+        directory, step, model=model, train=BIG_TRAIN, meta={"model": "x"}, max_to_keep=3
+    )
+    return model
+
+
+def test_a_flipped_bit_is_refused_naming_the_intact_steps(tmp_path):
+    """Without the digest, orbax restores the flipped bit silently as other weights."""
+    saved = {step: _save_big(tmp_path, step) for step in (10, 20, 30)}
+    flip_one_bit(tmp_path / "30")
+    with pytest.raises(checkpoint.CorruptedCheckpointError) as refused:
+        checkpoint.restore(
+            tmp_path, None, model_like=BIG, hint="pass --step {step} to certify an older one"
+        )
+    assert str(refused.value) == (
+        f"checkpoint {tmp_path} step 30 is corrupted (digest mismatch in 'model'); "
+        "intact steps: [10, 20]; pass --step 20 to certify an older one"
+    )
+    assert (refused.value.step, refused.value.intact_steps) == (30, [10, 20])
+    step, model, _ = checkpoint.restore(tmp_path, 20, model_like=BIG)
+    assert step == 20 and checkpoint.digest(model) == checkpoint.digest(saved[20])
+    # Resuming training takes the newest intact step and reports the one it skipped.
+    resumed = checkpoint.restore_newest_intact(tmp_path, model_like=BIG, train_like=BIG_TRAIN)
+    assert (resumed.step, resumed.meta) == (20, {"model": "x"})
+    assert checkpoint.digest(resumed.model) == checkpoint.digest(saved[20])
+    assert resumed.skipped == {30: "is corrupted (digest mismatch in 'model')"}
+    # Set aside, the step is no longer a step, and it can be saved again.
+    assert checkpoint.set_aside(tmp_path, 30) == tmp_path / "30.corrupted"
+    assert checkpoint.all_steps(tmp_path) == [10, 20]
+    _save_big(tmp_path, 30)
+    assert checkpoint.restore(tmp_path, None, model_like=BIG)[0] == 30
+
+
+def test_train_item_and_meta_are_checked(tmp_path):
+    _save_big(tmp_path, 1)
+    _save_big(tmp_path, 2)
+    flip_one_bit(tmp_path / "2", "train")
+    with pytest.raises(checkpoint.CorruptedCheckpointError, match=r"mismatch in 'train'.*\[1\]"):
+        checkpoint.restore(tmp_path, 2, model_like=BIG, train_like=BIG_TRAIN)
+    assert checkpoint.restore(tmp_path, 2, model_like=BIG)[0] == 2  # certification needs no train
+    meta_file = tmp_path / "2" / "meta" / "metadata"
+    assert b'"x"' in meta_file.read_bytes()
+    meta_file.write_bytes(meta_file.read_bytes().replace(b'"x"', b'"y"'))  # 0x78 -> 0x79: one bit
+    with pytest.raises(checkpoint.CorruptedCheckpointError, match=r"mismatch in 'meta'.*\[1\]"):
+        checkpoint.restore_meta(tmp_path, 2)
+    with pytest.raises(checkpoint.CorruptedCheckpointError, match="mismatch in 'meta'"):
+        checkpoint.restore(tmp_path, 2, model_like=BIG)  # the meta says how to rebuild the model
+
+
+def test_checkpoints_without_digests_restore_unchecked(tmp_path):
+    """A checkpoint saved before digests were recorded restores (only shapes and finiteness are
+    checked, as the module docstring says)."""
+    _save_big(tmp_path, 1)
+    shutil.rmtree(tmp_path / "1" / "digests")
+    assert checkpoint.restore_meta(tmp_path) == (1, {"model": "x"})
+    step, model, train = checkpoint.restore(tmp_path, None, model_like=BIG, train_like=BIG_TRAIN)
+    assert step == 1 and int(train["step"]) == 3
+    np.testing.assert_array_equal(model["params"]["w"], BIG["params"]["w"] + 1)
