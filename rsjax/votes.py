@@ -13,6 +13,12 @@ batch on the device, runs the classifier once on the (batch * chunk) noisy input
 vmapped over noise samples; the vmap folds into the batch axis), and adds one-hot votes into int32
 counts. At most batch * chunk noisy inputs exist at once, never batch * n.
 
+Non-finite logits never vote. A draw whose logits hold NaN or inf (a diverged model, NaN weights, an
+overflow) would otherwise vote for class 0 through argmax and could be certified. Each step also
+counts such draws per example, on the device in the same loop (no extra host transfer), the draws are
+left out of the class counts, and `count_votes` / `count_votes_in_rounds` raise NonFiniteLogitsError
+naming the examples' indices and how many of their draws were non-finite, before any decision is made.
+
 The noise uses threefry in its non-partitionable form, fixed here whatever the user's
 `jax_threefry_partitionable` setting: each noise sample has its own key and only the example axis is
 sharded, so nothing is lost, the counts do not depend on that global setting, and drawing the noise is
@@ -33,9 +39,46 @@ from rsjax import sharding
 
 SELECTION = 0
 ESTIMATION = 1
+# Counts are int32 on the device: no count of draws may reach 2^31.
+MAX_COUNT = 2**31 - 1
 
 # logits_fn(params, x): (batch, H, W, C) float32 in [0,1] -> (batch, K) logits.
 ApplyFn = Callable[[Any, jax.Array], jax.Array]
+
+
+class NonFiniteLogitsError(FloatingPointError):
+    """The base classifier returned NaN or infinite logits on some noise draws: no certificate or
+    prediction is made from them.
+
+    indices: global indices of the affected examples; draws: how many of each one's draws were
+    non-finite (same order); num_samples: the draws asked per example in that call.
+    """
+
+    def __init__(self, indices, draws, num_samples: int, stream: int):
+        self.indices = [int(i) for i in indices]
+        self.draws = [int(d) for d in draws]
+        self.num_samples = int(num_samples)
+        listed = ", ".join(
+            f"example {i}: {d:,} draws"
+            for i, d in zip(self.indices[:5], self.draws[:5], strict=True)
+        )
+        more = f" and {len(self.indices) - 5} more examples" if len(self.indices) > 5 else ""
+        stream_name = {SELECTION: "selection", ESTIMATION: "estimation"}.get(stream, str(stream))
+        super().__init__(
+            f"the classifier returned NaN or infinite logits for {len(self.indices)} example(s) "
+            f"({listed}{more}; of {self.num_samples:,} {stream_name} draws each). Such draws would "
+            "vote for class 0, so nothing is certified. Check the model's weights (a diverged "
+            "training run, a corrupted checkpoint) and its inputs (NHWC float32 in [0, 1])"
+        )
+
+
+def raise_if_nonfinite(nonfinite: np.ndarray, idx: np.ndarray, num_samples: int, stream: int):
+    """Raises NonFiniteLogitsError when any example of the batch had non-finite draws.
+
+    nonfinite: (B,) counts of non-finite draws per example; idx: (B,) their global indices."""
+    bad = np.flatnonzero(nonfinite)
+    if bad.size:
+        raise NonFiniteLogitsError(idx[bad], nonfinite[bad], num_samples, stream)
 
 
 def default_chunk_size() -> int:
@@ -96,7 +139,8 @@ def noisy_inputs(keys: jax.Array, x: jax.Array, sample_ids: jax.Array, sigma) ->
 
 
 def _votes(logits_fn, params, keys, x, sample_ids, sigma, num_classes):
-    """argmax of logits_fn on the noisy inputs of noisy_inputs(...): (B, J) int class votes."""
+    """argmax of logits_fn on the noisy inputs of noisy_inputs(...): (B, J) int class votes, and
+    (B, J) bool, True where the draw's logits are all finite (only those may vote)."""
     noisy = noisy_inputs(keys, x, sample_ids, sigma)
     batch, num_ids = noisy.shape[:2]
     logits = logits_fn(params, noisy.reshape((batch * num_ids,) + x.shape[1:]))
@@ -105,7 +149,8 @@ def _votes(logits_fn, params, keys, x, sample_ids, sigma, num_classes):
             f"the classifier returns logits of shape {logits.shape[1:]} per input but "
             f"num_classes = {num_classes}: num_classes must be >= the model's output size"
         )
-    return jnp.argmax(logits, axis=-1).reshape(batch, num_ids)
+    finite = jnp.all(jnp.isfinite(logits), axis=-1).reshape(batch, num_ids)
+    return jnp.argmax(logits, axis=-1).reshape(batch, num_ids), finite
 
 
 @functools.partial(
@@ -116,14 +161,17 @@ def _count(key, params, x, idx, sigma, *, logits_fn, num_classes, num_samples, c
     batch = x.shape[0]
     keys = example_keys(key, idx, stream)
 
-    def step(c, counts):
+    def step(c, carry):
+        counts, nonfinite = carry
         sample_ids = c * chunk + jnp.arange(chunk, dtype=jnp.uint32)
-        votes = _votes(logits_fn, params, keys, x, sample_ids, sigma, num_classes)
-        valid = (sample_ids < num_samples)[None, :, None]
-        one_hot = (votes[..., None] == jnp.arange(num_classes)) & valid
-        return counts + one_hot.sum(axis=1, dtype=jnp.int32)
+        votes, finite = _votes(logits_fn, params, keys, x, sample_ids, sigma, num_classes)
+        valid = (sample_ids < num_samples)[None, :]
+        one_hot = (votes[..., None] == jnp.arange(num_classes)) & (valid & finite)[..., None]
+        counts = counts + one_hot.sum(axis=1, dtype=jnp.int32)
+        return counts, nonfinite + (valid & ~finite).sum(axis=1, dtype=jnp.int32)
 
-    return jax.lax.fori_loop(0, num_chunks, step, jnp.zeros((batch, num_classes), jnp.int32))
+    zeros = (jnp.zeros((batch, num_classes), jnp.int32), jnp.zeros((batch,), jnp.int32))
+    return jax.lax.fori_loop(0, num_chunks, step, zeros)
 
 
 def count_votes(
@@ -160,16 +208,21 @@ def count_votes(
 
     Returns:
       (B, num_classes) int32 numpy array; each row sums to num_samples.
+    Raises:
+      NonFiniteLogitsError: some draws of some examples gave NaN or infinite logits (it names
+        the examples' indices and their counts of such draws).
     """
     mesh = sharding.batch_mesh() if mesh is None else mesh
     chunk_size = default_chunk_size() if chunk_size is None else int(chunk_size)
     size = x.shape[0]
+    if size == 0:
+        raise ValueError("count_votes needs at least one image, got an empty batch")
     idx = check_indices(idx, size)
     x_dev, idx_dev = sharding.shard_batch(mesh, np.asarray(x), idx)
     # Everything placed explicitly: the call makes no implicit host-device transfer.
     key, params, sigma = sharding.replicate(mesh, (key, params, np.float32(sigma)))
     with jax.threefry_partitionable(False):
-        counts = _count(
+        counts, nonfinite = _count(
             key,
             params,
             x_dev,
@@ -181,7 +234,9 @@ def count_votes(
             chunk_size=chunk_size,
             stream=stream,
         )
-    return np.asarray(sharding.gather(counts))[:size]
+    counts, nonfinite = (np.asarray(a)[:size] for a in sharding.gather((counts, nonfinite)))
+    raise_if_nonfinite(nonfinite, idx, num_samples, stream)
+    return counts
 
 
 @functools.partial(jax.jit, static_argnames=("logits_fn", "num_classes", "chunk_size", "stream"))
@@ -192,22 +247,28 @@ def _count_rounds(
     keys = example_keys(key, idx, stream)
     num_chunks = ((jnp.max(stop - start) + chunk_size - 1) // chunk_size).astype(jnp.int32)
 
-    def step(c, counts):
+    def step(c, carry):
+        counts, nonfinite = carry
         sample_ids = start[:, None] + c * chunk_size + jnp.arange(chunk_size, dtype=jnp.uint32)
-        votes = _votes(logits_fn, params, keys, x, sample_ids, sigma, num_classes)
-        valid = sample_ids < stop[:, None]
+        votes, finite = _votes(logits_fn, params, keys, x, sample_ids, sigma, num_classes)
+        in_range = sample_ids < stop[:, None]
+        valid = in_range & finite
         # draw j belongs to look interval t when looks[t-1] <= j < looks[t]
         interval = jnp.searchsorted(looks, sample_ids, side="right")
         by_look = (interval[..., None] == jnp.arange(looks.shape[0])) & valid[..., None]
         by_class = votes[..., None] == jnp.arange(num_classes)
-        return counts + jnp.einsum(
+        counts = counts + jnp.einsum(
             "bjl,bjk->blk",
             by_look.astype(jnp.int32),
             by_class.astype(jnp.int32),
             preferred_element_type=jnp.int32,
         )
+        return counts, nonfinite + (in_range & ~finite).sum(axis=1, dtype=jnp.int32)
 
-    zeros = jnp.zeros((batch, looks.shape[0], num_classes), jnp.int32)
+    zeros = (
+        jnp.zeros((batch, looks.shape[0], num_classes), jnp.int32),
+        jnp.zeros((batch,), jnp.int32),
+    )
     return jax.lax.fori_loop(0, num_chunks, step, zeros)
 
 
@@ -242,6 +303,8 @@ def count_votes_in_rounds(
 
     Returns:
       (B, L, num_classes) int32 numpy array.
+    Raises:
+      NonFiniteLogitsError: as `count_votes` (draws in [start_i, stop_i) only).
     """
     mesh = sharding.batch_mesh() if mesh is None else mesh
     chunk_size = default_chunk_size() if chunk_size is None else int(chunk_size)
@@ -271,7 +334,7 @@ def count_votes_in_rounds(
         mesh, (key, params, looks.astype(np.uint32), np.float32(sigma))
     )
     with jax.threefry_partitionable(False):
-        counts = _count_rounds(
+        counts, nonfinite = _count_rounds(
             key,
             params,
             x_dev,
@@ -285,4 +348,6 @@ def count_votes_in_rounds(
             chunk_size=chunk_size,
             stream=stream,
         )
-    return np.asarray(sharding.gather(counts))[:size]
+    counts, nonfinite = (np.asarray(a)[:size] for a in sharding.gather((counts, nonfinite)))
+    raise_if_nonfinite(nonfinite, idx, int(looks[-1]), stream)
+    return counts

@@ -15,7 +15,7 @@ import pytest
 from scipy import stats
 
 import rsjax
-from rsjax import sharding, votes
+from rsjax import monitor, runs, sharding, votes
 
 NUM_CLASSES = 10
 SIGMA = 0.5
@@ -291,3 +291,225 @@ def test_bad_indices_are_rejected():
     ):
         with pytest.raises((ValueError, TypeError), match=message):
             votes.count_votes(jax.random.key(0), linear_logits, PARAMS, x, np.asarray(idx), **kw)
+
+
+# --------------------------------------------------------------------------------------------------
+# Non-finite logits never vote: every path that counts raises NonFiniteLogitsError naming the
+# examples and their number of non-finite draws.
+
+
+def nan_when_bright(params, x):
+    """linear_logits, but NaN on every draw of an image whose noisy mean exceeds 0.6: images set to
+    0.95 get NaN on all their draws, images drawn from U(0, 0.25) on none (the noisy mean of 64
+    pixels has standard deviation 0.5 / 8 = 0.0625 at sigma 0.5: 5.6 of them from 0.6 at worst)."""
+    logits = linear_logits(params, x)
+    bright = x.reshape(x.shape[0], -1).mean(axis=1, keepdims=True) > 0.6
+    return jnp.where(bright, jnp.nan, logits)
+
+
+def inf_on_some_draws(params, x):
+    """linear_logits with +inf on class 3 where the noisy first pixel exceeds 1: some draws only."""
+    logits = linear_logits(params, x)
+    return jnp.where(x[:, :1, 0, 0] > 1.0, logits.at[:, 3].set(jnp.inf), logits)
+
+
+DIM = np.random.default_rng(7).uniform(0, 0.25, size=(B, 8, 8, 1)).astype(np.float32)
+BRIGHT = (1, 4, 5, 11)  # positions in the batch set to 0.95
+
+
+def _dim_and_bright():
+    x = DIM.copy()
+    x[list(BRIGHT)] = 0.95
+    return x
+
+
+@pytest.mark.parametrize("devices", [1, 4])
+def test_nonfinite_logits_on_some_images_name_those_images(devices):
+    """NaN for some images of a batch only: the error names exactly their global indices and all n
+    of their draws, on a 1-device and on the 4-device mesh (the count is made on the device)."""
+    mesh = sharding.batch_mesh(jax.devices()[:devices])
+    idx = IDX + 1000
+    with pytest.raises(votes.NonFiniteLogitsError, match="example 1001: 300 draws") as caught:
+        votes.count_votes(
+            jax.random.key(0),
+            nan_when_bright,
+            PARAMS,
+            _dim_and_bright(),
+            idx,
+            sigma=SIGMA,
+            num_classes=NUM_CLASSES,
+            num_samples=N,
+            chunk_size=64,
+            stream=votes.ESTIMATION,
+            mesh=mesh,
+        )
+    assert caught.value.indices == [1000 + i for i in BRIGHT]
+    assert caught.value.draws == [N] * len(BRIGHT)
+    assert "NaN or infinite logits for 4 example(s)" in str(caught.value)
+    # The same images without the bright ones count normally (no false alarm).
+    keep = np.setdiff1d(IDX, BRIGHT)
+    counts = votes.count_votes(
+        jax.random.key(0),
+        nan_when_bright,
+        PARAMS,
+        DIM[keep],
+        idx[keep],
+        sigma=SIGMA,
+        num_classes=NUM_CLASSES,
+        num_samples=N,
+        chunk_size=64,
+        stream=votes.ESTIMATION,
+        mesh=mesh,
+    )
+    np.testing.assert_array_equal(counts.sum(axis=1), N)
+
+
+def test_nonfinite_logits_on_some_draws_are_counted_exactly():
+    """inf on the draws whose noisy first pixel exceeds 1 (some draws of each image): the error
+    gives, per example, exactly the number of such draws, recomputed from votes.noisy_inputs."""
+    x = np.full((3, 8, 8, 1), 0.5, np.float32)
+    idx = np.array([3, 9, 27])
+    key = jax.random.key(2)
+    with jax.threefry_partitionable(False):  # the noise of count_votes (module docstring)
+        noisy = votes.noisy_inputs(
+            votes.example_keys(key, idx, votes.SELECTION), x, jnp.arange(N, dtype=jnp.uint32), SIGMA
+        )
+    expected = np.asarray((noisy[:, :, 0, 0, 0] > 1.0).sum(axis=1))
+    assert np.all((expected > 0) & (expected < N))  # some draws, not all
+    with pytest.raises(votes.NonFiniteLogitsError) as caught:
+        votes.count_votes(
+            key,
+            inf_on_some_draws,
+            PARAMS,
+            x,
+            idx,
+            sigma=SIGMA,
+            num_classes=NUM_CLASSES,
+            num_samples=N,
+            chunk_size=64,
+            stream=votes.SELECTION,
+        )
+    assert caught.value.indices == [3, 9, 27]
+    assert caught.value.draws == [int(d) for d in expected]
+    assert "selection draws" in str(caught.value)
+
+
+def _nan_everywhere(x):
+    return jnp.full((x.shape[0], NUM_CLASSES), jnp.nan)
+
+
+NAN_PARAMS = (PARAMS[0].at[3, 2].set(jnp.nan), PARAMS[1])
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "certify",
+        "tcertify",
+        "predict",
+        "sequential",
+        "smooth_certify",
+        "smooth_predict",
+        "in_rounds",
+        "nan_params",
+        "monitor",
+    ],
+)
+def test_every_path_refuses_nonfinite_logits(path):
+    """NaN everywhere (the issue's probe: prediction 0 at the largest radius n allowed before), or
+    NaN parameters: every public path raises instead of returning a certificate or a prediction."""
+    key = jax.random.key(1)
+    x = DIM[:3]
+    common = dict(sigma=0.25, alpha=0.001, num_classes=NUM_CLASSES, chunk_size=64)
+    calls = {
+        "certify": lambda: rsjax.certify(key, _nan_everywhere, x, n0=100, n=1000, **common),
+        "tcertify": lambda: rsjax.certify(
+            key, _nan_everywhere, x, n0=100, n=1000, method="tcertify", **common
+        ),
+        "predict": lambda: rsjax.predict(key, _nan_everywhere, x, n=1000, **common),
+        "sequential": lambda: rsjax.certify(
+            key, _nan_everywhere, x, n0=100, sampling="sequential", n_max=1000, radii=(0,), **common
+        ),
+        "smooth_certify": lambda: rsjax.Smooth(
+            _nan_everywhere, num_classes=NUM_CLASSES, sigma=0.25, chunk_size=64
+        ).certify(key, x[0], n0=100, n=1000, alpha=0.001, idx=7),
+        "smooth_predict": lambda: rsjax.Smooth(
+            _nan_everywhere, num_classes=NUM_CLASSES, sigma=0.25, chunk_size=64
+        ).predict(key, x, n=1000, alpha=0.001),
+        "in_rounds": lambda: votes.count_votes_in_rounds(
+            key,
+            linear_logits,
+            NAN_PARAMS,
+            x,
+            np.arange(3),
+            start=np.array([0, 100, 0]),
+            stop=np.array([100, 200, 0]),  # the third row is an empty range: no draw, no error
+            looks=np.array([100, 200]),
+            sigma=0.25,
+            num_classes=NUM_CLASSES,
+            chunk_size=64,
+            stream=votes.ESTIMATION,
+        ),
+        "nan_params": lambda: rsjax.certify(
+            key, linear_logits, x, params=NAN_PARAMS, n0=100, n=1000, **common
+        ),
+        "monitor": lambda: monitor.vote_accuracy(
+            key,
+            linear_logits,
+            NAN_PARAMS,
+            x,
+            np.zeros(3, int),
+            sigma=0.25,
+            num_classes=NUM_CLASSES,
+            num_noise=8,
+        ),
+    }
+    with pytest.raises(votes.NonFiniteLogitsError) as caught:
+        calls[path]()
+    wanted = {"smooth_certify": [7], "in_rounds": [0, 1]}.get(path, [0, 1, 2])
+    assert caught.value.indices == wanted
+
+
+def test_runner_stops_on_nonfinite_logits_and_keeps_earlier_rows(tmp_path):
+    """rsjax.runs: the batch with a NaN image raises; rows of the batches before it stay written."""
+    x = _dim_and_bright()[:8]  # positions 1, 4, 5 are bright: the first batch of 1 is clean
+    outputs = {"cohen": tmp_path / "cohen.tsv"}
+    with pytest.raises(votes.NonFiniteLogitsError, match="example 1: 300 draws"):
+        runs.certify_dataset(
+            jax.random.key(0),
+            nan_when_bright,
+            PARAMS,
+            x,
+            np.zeros(8, np.int64),
+            range(8),
+            outputs=outputs,
+            sigma=SIGMA,
+            n0=N,
+            n=N,
+            alpha=0.01,
+            num_classes=NUM_CLASSES,
+            chunk_size=64,
+            batch_size=1,
+            show_progress=False,
+        )
+    rows = outputs["cohen"].read_text().splitlines()
+    assert [row.split("\t")[0] for row in rows[1:]] == ["0"]
+    with pytest.raises(votes.NonFiniteLogitsError, match="example 1: "):
+        runs.certify_dataset_sequential(
+            jax.random.key(0),
+            nan_when_bright,
+            PARAMS,
+            x,
+            np.zeros(8, np.int64),
+            range(8),
+            output=tmp_path / "sequential.tsv",
+            sigma=SIGMA,
+            n0=N,
+            n_max=N,
+            alpha=0.01,
+            radii=(0.0,),
+            num_classes=NUM_CLASSES,
+            chunk_size=64,
+            batch_size=1,
+            show_progress=False,
+        )
