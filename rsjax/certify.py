@@ -14,12 +14,14 @@ procedure is not available).
 """
 
 import math
+import time
 from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
 import numpy as np
 
 from rsjax import bounds, sequential, votes
+from rsjax.progress import Progress
 
 ABSTAIN = sequential.ABSTAIN
 SAMPLINGS = ("fixed", "sequential")
@@ -225,12 +227,17 @@ def predict_from_counts(counts, *, alpha: float) -> Prediction:
 # Drivers: counts on the device, then the host decisions above.
 
 
-def check_images(x) -> np.ndarray:
-    """Validates a batch of images: (B, H, W, C), B >= 1, floating point, finite, in [0, 1].
+PIXEL_RANGE = (0.0, 1.0)
+
+
+def check_images(x, input_range: tuple[float, float] | None = PIXEL_RANGE) -> np.ndarray:
+    """Validates a batch of images: (B, H, W, C), B >= 1, floating point, finite, in input_range.
 
     rsjax's convention: pixels are floats in [0, 1] (uint8 / 255), sigma is in those units and any
     normalisation (mean, std) happens inside the model, after the noise. Images in 0..255 or already
-    normalised would be certified at the wrong scale, so they are refused. Returns float32 numpy.
+    normalised would be certified at the wrong scale, so they are refused. input_range=None skips
+    the range check, for inputs that are not images (toy vectors, closed-form checks), whose sigma
+    is in their own units. Returns float32 numpy.
     """
     x = np.asarray(x)
     if x.ndim != 4:
@@ -245,21 +252,25 @@ def check_images(x) -> np.ndarray:
     if not np.all(np.isfinite(x)):
         bad = int((~np.isfinite(x)).reshape(x.shape[0], -1).any(axis=1).sum())
         raise ValueError(f"x contains NaN or infinite values ({bad} of {x.shape[0]} images)")
+    if input_range is None:
+        return x.astype(np.float32)
     low, high = float(x.min()), float(x.max())
-    if low < 0.0 or high > 1.0:
-        outside = int(((x < 0) | (x > 1)).reshape(x.shape[0], -1).any(axis=1).sum())
-        hint = " (0..255 pixels: divide by 255)" if high > 1.0 and high <= 255.0 and low >= 0 else ""
+    if low < input_range[0] or high > input_range[1]:
+        outside = (x < input_range[0]) | (x > input_range[1])
+        outside = int(outside.reshape(x.shape[0], -1).any(axis=1).sum())
+        hint = (
+            " (0..255 pixels: divide by 255)" if high > 1.0 and high <= 255.0 and low >= 0 else ""
+        )
         raise ValueError(
-            f"x must hold pixels in [0, 1], got values in [{low:.4g}, {high:.4g}] "
-            f"({outside} of {x.shape[0]} images outside){hint}. rsjax's convention: pixels / 255, "
-            "sigma in those units, and any normalisation (mean, std) inside the model, after the "
-            "noise"
+            f"x must hold pixels in [{input_range[0]:g}, {input_range[1]:g}], got values in "
+            f"[{low:.4g}, {high:.4g}] ({outside} of {x.shape[0]} images outside){hint}. rsjax's "
+            "convention: pixels / 255, sigma in those units, and any normalisation (mean, std) "
+            "inside the model, after the noise (input_range=None for inputs that are not images)"
         )
     return x.astype(np.float32)
 
 
-# Counts are int32 on the device: a count must stay below 2^31.
-MAX_SAMPLES = 2**31 - 1
+MAX_SAMPLES = votes.MAX_COUNT  # counts are int32 on the device
 
 
 def check_samples(name: str, value: int) -> int:
@@ -277,7 +288,9 @@ def check_samples(name: str, value: int) -> int:
 def check_batch_size(batch_size: int) -> int:
     """Validates a number of images per device call: an integer >= 1."""
     if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1:
-        raise ValueError(f"batch_size (images per device call) must be an integer >= 1, got {batch_size!r}")
+        raise ValueError(
+            f"batch_size (images per device call) must be an integer >= 1, got {batch_size!r}"
+        )
     return int(batch_size)
 
 
@@ -304,21 +317,40 @@ class _CallWithoutParams:
         return isinstance(other, _CallWithoutParams) and other.fn is self.fn
 
 
-def _make_drawer(
-    key, logits_fn, x, *, sigma, alpha, n, num_classes, chunk_size, batch_size, params, idx, mesh
+def _count_streams(
+    key,
+    logits_fn,
+    x,
+    *,
+    sigma,
+    alpha,
+    draws,
+    num_classes,
+    chunk_size,
+    batch_size,
+    params,
+    idx,
+    mesh,
+    progress_desc,
+    input_range,
 ):
-    """Validates the common arguments of certify/predict; returns draw(num_samples, stream) ->
-    (B, num_classes) int32 counts over all of x, example batch by example batch."""
+    """Validates the common arguments of certify/predict and counts the votes of every stream in
+    `draws` ({stream: num_samples}) over all of x, one example batch at a time (all its streams,
+    then the next batch). Returns {stream: (B, num_classes) int32 counts}. With progress_desc, a
+    progress line on stderr per example batch (rsjax.progress)."""
     sigma = bounds.check_sigma(sigma)
     bounds.check_alpha(alpha)
-    check_samples("n", n)
-    x = check_images(x)
+    batch_size = check_batch_size(batch_size)
+    x = check_images(x, input_range)
     idx = votes.check_indices(np.arange(x.shape[0]) if idx is None else idx, x.shape[0])
     apply_fn, params = _as_apply(logits_fn, params)
-
-    def draw(num_samples, stream):
-        return np.concatenate(
-            [
+    bar = Progress(x.shape[0], progress_desc, unit="img") if progress_desc else None
+    per_image = sum(draws.values())
+    t_start = time.perf_counter()
+    parts = {stream: [] for stream in draws}
+    for s in range(0, x.shape[0], batch_size):
+        for stream, num_samples in draws.items():
+            parts[stream].append(
                 votes.count_votes(
                     key,
                     apply_fn,
@@ -332,11 +364,12 @@ def _make_drawer(
                     stream=stream,
                     mesh=mesh,
                 )
-                for s in range(0, x.shape[0], batch_size)
-            ]
-        )
-
-    return draw
+            )
+        if bar:
+            done = min(s + batch_size, x.shape[0])
+            rate = done * per_image / (time.perf_counter() - t_start)
+            bar.update(done - bar.done, extra=f"{rate:,.0f} noise samples/s")
+    return {stream: np.concatenate(counts) for stream, counts in parts.items()}
 
 
 def certify(
@@ -362,6 +395,8 @@ def certify(
     radii: Sequence[float] | None = None,
     radius_tol: float | None = None,
     bound: str = "union",
+    progress: bool = False,
+    input_range: tuple[float, float] | None = PIXEL_RANGE,
 ):
     """CERTIFY / T-CERTIFY of the Gaussian-smoothed `logits_fn` at every image of x.
 
@@ -369,7 +404,8 @@ def certify(
       key: root key of the certification; each example's noise comes from (key, its index).
       logits_fn: base classifier, logits_fn(x) -> (B, K) logits, or logits_fn(params, x) when
         `params` is given (preferred: params are then traced, not compiled in).
-      x: (B, H, W, C) float images in [0,1]; sigma is in these units.
+      x: (B, H, W, C) float images in [0,1]; sigma is in these units. Images outside [0, 1] (0..255
+        pixels, already normalised) are refused; input_range=None lifts that for non-image inputs.
       sigma, n0, n, alpha: noise level, selection draws, estimation draws, failure probability.
       num_classes: K, at least the number of the model's outputs.
       method, alpha_split, split_grid: see `certify_from_counts`.
@@ -381,10 +417,15 @@ def certify(
       sampling: "fixed" (n estimation draws per example) or "sequential": rsjax.sequential, which
         stops each example once `radii` (or `radius_tol`) is decided, at most n_max draws, with the
         same 1 - alpha guarantee; `bound` picks its confidence sequence. CERTIFY only (method="cohen").
+      progress: a progress line on stderr (images done, noise samples/s, time left); default quiet.
 
     Returns:
       Certificate per example (sampling="fixed"; see `certify_from_counts` for the guarantee), or a
       sequential.SequentialCertificate of arrays with num_samples per example (sampling="sequential").
+    Raises:
+      rsjax.votes.NonFiniteLogitsError: the classifier gave NaN or infinite logits on some draws
+        (no certificate is returned for any example of the call).
+      ValueError / TypeError: invalid arguments or images (see `check_images`).
     """
     if sampling not in SAMPLINGS:
         raise ValueError(f"sampling must be one of {SAMPLINGS}, got {sampling!r}")
@@ -408,7 +449,8 @@ def certify(
             radius_tol=radius_tol,
             bound=bound,
         )
-        x = check_images(x)
+        batch_size = check_batch_size(batch_size)
+        x = check_images(x, input_range)
         idx = votes.check_indices(np.arange(x.shape[0]) if idx is None else idx, x.shape[0])
         apply_fn, params = _as_apply(logits_fn, params)
         return sequential.run_slots(
@@ -422,28 +464,31 @@ def certify(
             chunk_size=chunk_size,
             batch_size=batch_size,
             mesh=mesh,
+            on_stop=_sequential_progress(x.shape[0]) if progress else None,
         )
     if n is None:
         raise ValueError("fixed sampling needs n, the estimation draws per example")
     if n_max is not None or radii is not None or radius_tol is not None:
         raise ValueError("n_max, radii and radius_tol belong to sampling='sequential'")
     n0 = check_samples("n0", n0)
-    draw = _make_drawer(
+    n = check_samples("n", n)
+    counts = _count_streams(
         key,
         logits_fn,
         x,
         sigma=sigma,
         alpha=alpha,
-        n=n,
+        draws={votes.SELECTION: n0, votes.ESTIMATION: n},
         num_classes=num_classes,
         chunk_size=chunk_size,
         batch_size=batch_size,
         params=params,
         idx=idx,
         mesh=mesh,
+        progress_desc="certify" if progress else None,
+        input_range=input_range,
     )
-    counts0 = draw(n0, votes.SELECTION)
-    counts = draw(n, votes.ESTIMATION)
+    counts0, counts = counts[votes.SELECTION], counts[votes.ESTIMATION]
     return certify_from_counts(
         counts0,
         counts,
@@ -469,28 +514,46 @@ def predict(
     params: Any = None,
     idx=None,
     mesh=None,
+    progress: bool = False,
+    input_range: tuple[float, float] | None = PIXEL_RANGE,
 ) -> Prediction:
     """PREDICT with the Gaussian-smoothed `logits_fn` at every image of x (arguments as `certify`).
 
     Uses the estimation stream of each example's key. Guarantee: a non-abstaining answer differs from
     the smoothed classifier's class with probability <= alpha.
     """
-    draw = _make_drawer(
+    counts = _count_streams(
         key,
         logits_fn,
         x,
         sigma=sigma,
         alpha=alpha,
-        n=n,
+        draws={votes.ESTIMATION: check_samples("n", n)},
         num_classes=num_classes,
         chunk_size=chunk_size,
         batch_size=batch_size,
         params=params,
         idx=idx,
         mesh=mesh,
-    )
-    counts = draw(n, votes.ESTIMATION)
+        progress_desc="predict" if progress else None,
+        input_range=input_range,
+    )[votes.ESTIMATION]
     return predict_from_counts(counts, alpha=alpha)
+
+
+def _sequential_progress(total: int):
+    """An on_stop callback for sequential.run_slots that updates a progress line per stopped image."""
+    bar = Progress(total, "certify", unit="img")
+    t_start = time.perf_counter()
+    used = stopped = 0
+
+    def on_stop(position, cert, seconds):
+        nonlocal used, stopped
+        used, stopped = used + cert.num_samples, stopped + 1
+        rate = used / (time.perf_counter() - t_start)
+        bar.update(1, extra=f"{rate:,.0f} noise samples/s, {used / stopped:,.0f} per img")
+
+    return on_stop
 
 
 def never_certifies(n: int, alpha: float) -> bool:

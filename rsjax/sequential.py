@@ -159,6 +159,11 @@ def radius_looks(
 def _check_count(name: str, value) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
         raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    if value > votes.MAX_COUNT:
+        raise ValueError(
+            f"{name} = {value:,} exceeds {votes.MAX_COUNT:,}, the largest count of the int32 vote "
+            "counters"
+        )
     return int(value)
 
 

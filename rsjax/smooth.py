@@ -149,15 +149,17 @@ class Smooth:
         split_grid: Sequence[float] = DEFAULT_SPLIT_GRID,
         idx=None,
         mesh=None,
+        progress: bool = False,
     ) -> Certificate:
         """CERTIFY (method="cohen") or T-CERTIFY (method="tcertify") of g at x: `rsjax.certify`.
 
         x: one image or a batch in `layout`, float in [0,1]. idx: the image's global index (an int)
         or the batch's (B,) indices, default 0..B-1; it seeds the noise. The other arguments are
-        rsjax.certify's. Returns a Certificate of Python scalars for one image, of (B,) arrays for a
-        batch; with probability >= 1 - alpha per image, a non-abstaining (prediction, radius) is
-        g(x), and g is constant on the l2 ball of that radius around x. For sequential sampling call
-        rsjax.certify directly.
+        rsjax.certify's (progress: a progress line on stderr). Returns a Certificate of Python
+        scalars for one image, of (B,) arrays for a batch; with probability >= 1 - alpha per image,
+        a non-abstaining (prediction, radius) is g(x), and g is constant on the l2 ball of that
+        radius around x. For sequential sampling call rsjax.certify directly. Raises
+        rsjax.votes.NonFiniteLogitsError when the classifier gives NaN or infinite logits.
         """
         images, single = self._as_nhwc(x)
         result = certify(
@@ -177,11 +179,21 @@ class Smooth:
             mesh=mesh,
             alpha_split=alpha_split,
             split_grid=split_grid,
+            progress=progress,
         )
         return _first(result) if single else result
 
     def predict(
-        self, key: jax.Array, x, *, n: int, alpha: float, batch_size: int = 8, idx=None, mesh=None
+        self,
+        key: jax.Array,
+        x,
+        *,
+        n: int,
+        alpha: float,
+        batch_size: int = 8,
+        idx=None,
+        mesh=None,
+        progress: bool = False,
     ) -> Prediction:
         """PREDICT with g at x: `rsjax.predict` (x, idx and the result as in `certify`).
 
@@ -201,6 +213,7 @@ class Smooth:
             params=self.params,
             idx=self._as_idx(idx, single),
             mesh=mesh,
+            progress=progress,
         )
         return _first(result) if single else result
 

@@ -520,6 +520,17 @@ BAD_INPUTS = [
     (dict(n=-5), ValueError, r"n must be an integer >= 1"),
     (dict(n=10.5), ValueError, r"n must be an integer >= 1, got 10.5"),
     (dict(num_classes=5), ValueError, r"num_classes"),
+    # pixels outside [0, 1]: 0..255 floats, normalised images; the message states the convention
+    (dict(x=GOOD_X * 255), ValueError, r"\[0, 1\], got values in \[127.5, 127.5\].*divide by 255"),
+    (dict(x=GOOD_X - 0.75), ValueError, r"in \[0, 1\].*pixels / 255, sigma in those units"),
+    (dict(x=np.concatenate([GOOD_X, GOOD_X + 0.6])), ValueError, r"2 of 4 images outside"),
+    (dict(x=GOOD_X[:0]), ValueError, r"no images"),
+    (
+        dict(batch_size=0),
+        ValueError,
+        r"batch_size \(images per device call\) must be an integer >= 1",
+    ),
+    (dict(n=2**31), ValueError, r"n = 2,147,483,648 exceeds 2,147,483,647.*int32"),
 ]
 
 
@@ -547,6 +558,42 @@ def test_certify_rejects_bad_n0():
     for bad in [0, -1, 2.5]:
         with pytest.raises(ValueError, match=r"n0 must be an integer >= 1"):
             _certify(n0=bad)
+    with pytest.raises(ValueError, match=r"n0 = 4,294,967,296 exceeds"):
+        _certify(n0=2**32)
+    with pytest.raises(ValueError, match=r"n_max = 2,147,483,648 exceeds"):
+        _certify(n=None, sampling="sequential", n_max=2**31, radii=(0.0,))
+    for bad in (dict(batch_size=0), dict(x=GOOD_X * 255), dict(x=GOOD_X[:0])):
+        with pytest.raises(ValueError):
+            _certify(n=None, sampling="sequential", n_max=100, radii=(0.0,), **bad)
+
+
+def test_input_range_none_admits_inputs_that_are_not_images():
+    """Toy vectors (closed-form checks) may leave [0, 1] with input_range=None: at x = 2.5 every
+    noisy copy stays positive (10 sigma away), so ten_class_logits votes class 9 every time and
+    CERTIFY certifies it; NaN is still refused, and another range is checked as given."""
+    shifted = _certify(x=GOOD_X + 2.0, input_range=None)
+    np.testing.assert_array_equal(shifted.prediction, [9, 9])
+    assert np.all(shifted.radius > 0)
+    with pytest.raises(ValueError, match=r"NaN"):
+        _certify(x=NAN_X, input_range=None)
+    with pytest.raises(ValueError, match=r"\[-1, 1\]"):
+        _certify(x=GOOD_X + 0.75, input_range=(-1.0, 1.0))
+
+
+def test_progress_line_only_when_asked(capsys):
+    """progress=True writes a progress line on stderr (images and noise samples/s); the default is
+    quiet, for certify, predict and the sequential path."""
+    _certify()
+    _predict()
+    assert capsys.readouterr().err == ""
+    _certify(progress=True)
+    err = capsys.readouterr().err
+    assert "certify: 2/2 img" in err and "noise samples/s" in err
+    _predict(progress=True)
+    assert "predict: 2/2 img" in capsys.readouterr().err
+    _certify(n=None, sampling="sequential", n_max=100, radii=(0.0,), progress=True)
+    err = capsys.readouterr().err
+    assert "certify: 2/2 img" in err and "per img" in err
 
 
 def test_num_classes_error_says_what_to_do():

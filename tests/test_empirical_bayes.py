@@ -31,10 +31,11 @@ def test_eb_linear_classifier_certifies_the_data_adapted_radius_beyond_the_margi
     classifier certifies |mu . x| / ||mu|| = 0.3, while the plain smoothed linear classifier certifies
     its margin |w . x| / ||w|| = 0.035. With n = 100,000 and alpha = 0.001 the EB radius is
     sigma Phi^-1(pA_lower) with pA = Phi(1.2): about 0.296; fixed key, so the test is deterministic
-    (the radius exceeds 0.3 with probability <= alpha over keys)."""
+    (the radius exceeds 0.3 with probability <= alpha over keys). X is a toy vector with a
+    negative coordinate, not an image: input_range=None."""
     eb = empirical_bayes.make_eb_logits_fn(_linear, _two_point_score, sigma=SIGMA)
     params = {"classifier": {"w": jnp.asarray(W)}, "score": {"mu": jnp.asarray(MU)}}
-    common = dict(sigma=SIGMA, n0=100, n=100_000, alpha=0.001, num_classes=2)
+    common = dict(sigma=SIGMA, n0=100, n=100_000, alpha=0.001, num_classes=2, input_range=None)
     cert = rsjax.certify(jax.random.key(0), eb, X, params=params, **common)
     plain = rsjax.certify(jax.random.key(0), _linear, X, params={"w": jnp.asarray(W)}, **common)
     margin = abs(float(X.reshape(-1) @ W)) / np.linalg.norm(W)

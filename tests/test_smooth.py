@@ -190,6 +190,11 @@ def test_images_are_checked_after_the_transpose(problem):
     bad[1, 0, 0, 0] = np.nan
     with pytest.raises(ValueError, match=r"NaN or infinite values \(1 of 6"):
         smoothed.certify(jax.random.key(0), bad, **CERTIFY_ARGS)
+    # Cohen's images in 0..255 floats, one (C, H, W) image: refused with the convention stated
+    with pytest.raises(ValueError, match=r"pixels in \[0, 1\].*divide by 255"):
+        smoothed.certify(jax.random.key(0), x_nchw[0] * 255.0, **CERTIFY_ARGS)
+    with pytest.raises(ValueError, match=r"pixels in \[0, 1\]"):
+        smoothed.predict(jax.random.key(0), x_nchw * 2.0 - 1.0, n=100, alpha=1e-3)
 
 
 @pytest.mark.parametrize("num_classes", [2, 5])

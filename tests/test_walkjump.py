@@ -127,7 +127,8 @@ def test_walk_jump_classifier_is_a_deterministic_function_of_its_input():
 
 def test_walk_jump_classification_certifies_with_the_engine():
     """Images (B, 1, 1, 2) from the two-point prior's +mu side: the walk-jump classifier votes for
-    the mode of the nearest jump; certified, with a positive radius, by rsjax.certify."""
+    the mode of the nearest jump; certified, with a positive radius, by rsjax.certify (toy vectors,
+    not images: input_range=None)."""
     logits_fn = walkjump.make_walk_jump_logits_fn(
         lambda p, z: _linear_classifier(p, z.reshape(z.shape[0], -1)),
         lambda p, y: _score_fn(p, y.reshape(y.shape[0], -1)).reshape(y.shape),
@@ -150,6 +151,7 @@ def test_walk_jump_classification_certifies_with_the_engine():
         n=2000,
         alpha=0.001,
         num_classes=2,
+        input_range=None,
     )
     assert list(cert.prediction) == [1, 1]
     assert np.all(cert.radius > 0)
