@@ -1,0 +1,329 @@
+"""Independent cross-checks of every path that writes a certificate (issue 24, items 1, 4 and 5).
+
+Each path is compared with the count-level functions on counts that the test draws itself with
+`votes.count_votes` and the documented streams (selection: n0 draws of stream SELECTION; estimation:
+n fresh draws of stream ESTIMATION), the same key and the same dataset indices:
+
+1. `rsjax.certify` (CERTIFY, T-CERTIFY with both split rules), `rsjax.predict` and `rsjax.Smooth`
+   equal `certify_from_counts` / `predict_from_counts` on those counts, field by field.
+2. The dataset runner behind experiments/certify.py (`runs.certify_dataset`) writes TSV rows equal to
+   those certificates row by row (radius rounded down to 3 significant digits, as documented), for
+   several chunk sizes, batch sizes, 1 and 4 devices, and a run killed mid-file and resumed with
+   other batch and chunk sizes on another device count.
+3. The sequential runner (`runs.certify_dataset_sequential`, both bounds) writes rows equal to
+   `sequential.certify_from_look_counts` on count_votes counts at every look, also on 1 and 4 devices
+   and resumed with other sizes.
+
+No path is compared with itself: the reference always comes from count_votes with a fixed chunk
+size on the default four-device mesh, and each variant changes the path (another function, mesh,
+batch or chunk size). A runner that drew its estimation counts from the selection stream, certified
+at 2 alpha, or dropped the dataset index from the noise would disagree here row by row.
+
+The model is a fixed linear map of 8x8x1 images to 4 classes whose votes spread over several
+classes at sigma = 0.5 (so T-CERTIFY's runner-up bound and abstentions both occur); the shapes are
+few so that the test compiles little. Everything is deterministic (fixed keys).
+"""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import rsjax
+from rsjax import ABSTAIN, runs, sequential, sharding, votes
+from rsjax.certify import certify_from_counts, predict_from_counts
+
+K = 4
+SIGMA = 0.5
+N0, N = 48, 200
+ALPHA = 0.05
+CHUNK = 64
+KEY = 11
+
+_rng = np.random.default_rng(24)
+W = jnp.asarray(_rng.normal(size=(64, K)).astype(np.float32))
+IMAGES = _rng.uniform(size=(40, 8, 8, 1)).astype(np.float32)
+# Dataset indices certified: not 0..B-1, so that an index dropped from the noise would show.
+INDICES = np.array([1, 4, 9, 16, 22, 27, 33, 38])
+LABELS = np.asarray(IMAGES.reshape(40, -1) @ np.asarray(W)).argmax(axis=1)
+LABELS[::3] = (LABELS[::3] + 1) % K  # some labels wrong, so `correct` varies
+
+
+def logits_fn(w, x):
+    return x.reshape(x.shape[0], -1) @ w
+
+
+def one_device():
+    return sharding.batch_mesh(jax.devices()[:1])
+
+
+def reference_counts(num_samples, stream, indices=INDICES):
+    """The documented draws, counted in one call on the default (four-device) mesh."""
+    return votes.count_votes(
+        jax.random.key(KEY),
+        logits_fn,
+        W,
+        IMAGES[indices],
+        indices,
+        sigma=SIGMA,
+        num_classes=K,
+        num_samples=num_samples,
+        chunk_size=CHUNK,
+        stream=stream,
+    )
+
+
+@pytest.fixture(scope="module")
+def counts():
+    counts0 = reference_counts(N0, votes.SELECTION)
+    counts = reference_counts(N, votes.ESTIMATION)
+    assert len(jax.devices()) == 4  # conftest.py
+    return counts0, counts
+
+
+def reference_certificate(counts, method="cohen", alpha_split="selection"):
+    counts0, counts = counts
+    return certify_from_counts(
+        counts0, counts, sigma=SIGMA, alpha=ALPHA, method=method, alpha_split=alpha_split
+    )
+
+
+def assert_same(got, want):
+    assert type(got) is type(want)
+    for name, a, b in zip(want._fields, got, want, strict=True):
+        np.testing.assert_array_equal(a, b, err_msg=name)
+
+
+def test_the_problem_is_not_trivial(counts):
+    """Some examples certify and some abstain, votes spread over classes, and T-CERTIFY's runner-up
+    bound binds somewhere: otherwise the cross-checks below could not tell the methods apart."""
+    counts0, counts_ = counts
+    cohen = reference_certificate(counts)
+    tcertify = reference_certificate(counts, "tcertify")
+    assert 0 < (cohen.prediction != ABSTAIN).sum() < len(INDICES)
+    assert np.all((counts_ > 0).sum(axis=1) >= 2)
+    assert np.any(tcertify.pb_upper < 1 - tcertify.pa_lower)
+    # The streams differ: the selection counts are not the first n0 estimation draws.
+    first = reference_counts(N0, votes.ESTIMATION)
+    assert not np.array_equal(first, counts0)
+
+
+# --------------------------------------------------------------------------------------------------
+# 1. rsjax.certify, rsjax.predict and rsjax.Smooth against the count-level functions
+
+
+@pytest.mark.parametrize(
+    "method, alpha_split",
+    [("cohen", "selection"), ("tcertify", "selection"), ("tcertify", "union")],
+)
+def test_certify_equals_certify_from_counts(counts, method, alpha_split):
+    """One device and batches of 3: another mesh and other example batches than the reference."""
+    got = rsjax.certify(
+        jax.random.key(KEY),
+        logits_fn,
+        IMAGES[INDICES],
+        params=W,
+        idx=INDICES,
+        sigma=SIGMA,
+        n0=N0,
+        n=N,
+        alpha=ALPHA,
+        num_classes=K,
+        method=method,
+        alpha_split=alpha_split,
+        chunk_size=40,
+        batch_size=4,
+        mesh=one_device(),
+    )
+    assert_same(got, reference_certificate(counts, method, alpha_split))
+
+
+def test_predict_equals_predict_from_counts(counts):
+    got = rsjax.predict(
+        jax.random.key(KEY),
+        logits_fn,
+        IMAGES[INDICES],
+        params=W,
+        idx=INDICES,
+        sigma=SIGMA,
+        n=N,
+        alpha=ALPHA,
+        num_classes=K,
+        chunk_size=40,
+        batch_size=4,
+        mesh=one_device(),
+    )
+    want = predict_from_counts(counts[1], alpha=ALPHA)
+    assert_same(got, want)
+    assert 0 < (want.prediction != ABSTAIN).sum()
+
+
+def test_smooth_equals_the_count_level_functions(counts):
+    smoothed = rsjax.Smooth(logits_fn, num_classes=K, sigma=SIGMA, params=W, chunk_size=40)
+    key = jax.random.key(KEY)
+    for method in ("cohen", "tcertify"):
+        got = smoothed.certify(
+            key,
+            IMAGES[INDICES],
+            n0=N0,
+            n=N,
+            alpha=ALPHA,
+            idx=INDICES,
+            method=method,
+            batch_size=4,
+            mesh=one_device(),
+        )
+        assert_same(got, reference_certificate(counts, method))
+    got = smoothed.predict(
+        key, IMAGES[INDICES], n=N, alpha=ALPHA, idx=INDICES, batch_size=4, mesh=one_device()
+    )
+    assert_same(got, predict_from_counts(counts[1], alpha=ALPHA))
+
+
+# --------------------------------------------------------------------------------------------------
+# 2. The dataset runner's TSV
+
+
+def read_rows(path, sequential_columns=False):
+    lines = open(path).read().splitlines()
+    header = ["idx", "label", "predict", "radius", "correct", "time"]
+    assert lines[0].split("\t") == header + (["num_samples"] if sequential_columns else [])
+    return [line.split("\t") for line in lines[1:] if line]
+
+
+def assert_radius_written(text, radius):
+    """`text` is `radius` to 3 significant digits rounded down (records.format_radius's contract),
+    and exactly "0" where the example abstains (radius 0.0)."""
+    written = float(text)
+    if radius == 0.0:
+        assert written == 0.0, text
+        return
+    unit = 10.0 ** (math.floor(math.log10(radius)) - 2)
+    assert written <= radius < written + unit * (1 + 1e-9), (text, radius)
+
+
+def assert_rows_equal(rows, cert, indices=INDICES, num_samples=None):
+    """Every row equals the reference certificate of its index; radius 0 exactly when abstaining;
+    `correct` is predict == label."""
+    assert [int(row[0]) for row in rows] == list(indices)
+    for i, row in enumerate(rows):
+        idx, label, predict, radius, correct = row[:5]
+        assert int(label) == LABELS[int(idx)]
+        assert int(predict) == cert.prediction[i], (idx, predict, cert.prediction[i])
+        assert_radius_written(radius, cert.radius[i])
+        assert (float(radius) == 0.0) == (int(predict) == ABSTAIN)
+        assert int(correct) == int(int(predict) == int(label))
+        if num_samples is not None:
+            assert int(row[6]) == num_samples[i], (idx, row[6], num_samples[i])
+
+
+def run_fixed(outdir, **kw):
+    options = dict(chunk_size=CHUNK, batch_size=8, mesh=None, alpha_split="selection")
+    options.update(kw)
+    return runs.certify_dataset(
+        jax.random.key(KEY),
+        logits_fn,
+        W,
+        IMAGES,
+        LABELS,
+        INDICES,
+        outputs={"cohen": outdir / "cohen.tsv", "tcertify": outdir / "tcertify.tsv"},
+        sigma=SIGMA,
+        n0=N0,
+        n=N,
+        alpha=ALPHA,
+        num_classes=K,
+        show_progress=False,
+        **options,
+    )
+
+
+def cut(path, keep):
+    """A run killed mid-write: `keep` complete rows, then a torn line."""
+    lines = open(path).read().split("\n")
+    open(path, "w").write("\n".join(lines[: 1 + keep]) + "\n" + lines[1 + keep][:4])
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(batch_size=8, chunk_size=CHUNK),
+        dict(batch_size=3, chunk_size=40, mesh="one device"),
+        dict(batch_size=4, chunk_size=200, alpha_split="union"),
+    ],
+    ids=["batch8-chunk64-4dev", "batch3-chunk40-1dev", "batch4-chunk200-union"],
+)
+def test_dataset_runner_rows_equal_certify_from_counts(counts, tmp_path, options):
+    options = dict(options)
+    if options.get("mesh"):
+        options["mesh"] = one_device()
+    paths = run_fixed(tmp_path, **options)
+    split = options.get("alpha_split", "selection")
+    assert_rows_equal(read_rows(paths["cohen"]), reference_certificate(counts))
+    assert_rows_equal(
+        read_rows(paths["tcertify"]), reference_certificate(counts, "tcertify", split)
+    )
+
+
+def test_dataset_runner_resumed_with_other_sizes_and_devices(counts, tmp_path):
+    """Killed after 3 rows of one file and 5 of the other (batches of 4 on one device, chunk 40),
+    resumed with batches of 3 on four devices and chunk 64: every row equals the reference."""
+    run_fixed(tmp_path, batch_size=4, chunk_size=40, mesh=one_device())
+    cut(tmp_path / "cohen.tsv", 3)
+    cut(tmp_path / "tcertify.tsv", 5)
+    paths = run_fixed(tmp_path, batch_size=3, chunk_size=CHUNK)
+    assert_rows_equal(read_rows(paths["cohen"]), reference_certificate(counts))
+    assert_rows_equal(read_rows(paths["tcertify"]), reference_certificate(counts, "tcertify"))
+
+
+# --------------------------------------------------------------------------------------------------
+# 3. The sequential runner's TSV
+
+SEQ = dict(sigma=SIGMA, alpha=ALPHA, n0=N0, n_max=400, radii=(0.0, 0.1, 0.2))
+
+
+def sequential_reference(plan):
+    """certify_from_look_counts on count_votes' counts at every look (the first n_t draws)."""
+    counts0 = reference_counts(N0, votes.SELECTION)
+    top = counts0.argmax(axis=1)
+    rows = np.arange(len(INDICES))
+    k_looks = np.stack(
+        [reference_counts(int(n), votes.ESTIMATION)[rows, top] for n in plan.looks], axis=1
+    )
+    return sequential.certify_from_look_counts(plan, top, counts0[rows, top], k_looks)
+
+
+def run_sequential(path, bound, **kw):
+    return runs.certify_dataset_sequential(
+        jax.random.key(KEY),
+        logits_fn,
+        W,
+        IMAGES,
+        LABELS,
+        INDICES,
+        output=path,
+        num_classes=K,
+        bound=bound,
+        show_progress=False,
+        **SEQ,
+        **kw,
+    )
+
+
+@pytest.mark.parametrize("bound", sequential.BOUNDS)
+def test_sequential_runner_rows_equal_look_counts(tmp_path, bound):
+    """Fresh on one device (batch 3, chunk 40); then a copy killed after 4 rows and resumed on four
+    devices with batch 2 and chunk 64: both equal the reference, num_samples included."""
+    plan = sequential.make_plan(bound=bound, **SEQ)
+    want = sequential_reference(plan)
+    assert len(set(want.num_samples.tolist())) > 1, "the images should stop at different looks"
+    assert 0 < (want.prediction != ABSTAIN).sum() < len(INDICES)
+    fresh = run_sequential(
+        tmp_path / "a.tsv", bound, batch_size=3, chunk_size=40, mesh=one_device()
+    )
+    assert_rows_equal(read_rows(fresh, True), want, num_samples=want.num_samples)
+    cut(fresh, 4)
+    resumed = run_sequential(tmp_path / "a.tsv", bound, batch_size=2, chunk_size=CHUNK)
+    assert_rows_equal(read_rows(resumed, True), want, num_samples=want.num_samples)
