@@ -1,26 +1,47 @@
-"""Run records: the certification TSV (resumable, append-only), JSON sidecars, and the environment.
+"""Run records: the certification TSV (resumable, append-only, one writer), JSON sidecars, and the
+environment.
 
 The TSV is the de facto standard of Cohen et al.'s code: header `idx label predict radius correct
 time`, one row per example, radius to 3 significant digits rounded down (never above the certified
-radius), predict -1 for abstain, time in seconds.
-Rows are appended and flushed per example batch. A rerun with the same settings keeps every complete
-row, drops a torn last line (a kill in the middle of a write), and continues after the last index
-written, so the finished file has the rows of an uninterrupted run, none lost or duplicated (only the
-`time` column, a wall-clock measurement, differs between any two runs).
+radius), predict -1 for abstain, time in seconds. Its sidecar `PATH.json` records the settings.
+
+What a certification output (CertificationTSV) guarantees:
+- One writer: the TSV is held by an exclusive OS lock (rsjax.locks) from before its settings are
+  read until it is closed; a second process is refused at once (OutputLockedError, naming the path
+  and the holder's process id), so two runs never interleave or double rows.
+- Append-only: rows are checked, appended and fsync'ed per example batch, and a finished row is never
+  rewritten. A repair only cuts the file at the byte after the last row it keeps (ftruncate), so a
+  failure during it (kill, full disk, file-size limit) leaves every finished row as it was.
+- Verified resume: a rerun checks every existing row (field count, integers, idx in the requested
+  order, label and prediction in range, radius finite, >= 0 and 0 for an abstention, correct equal to
+  predict == label, time finite and >= 0, num_samples >= 1). A torn last line (no final newline: a
+  kill in the middle of a write) is dropped; any other bad row, a damaged sidecar or other settings
+  raise RunRecordError naming the file (and the line), and nothing is touched. The run then continues
+  after the last row, so the finished file has the rows of an uninterrupted run, none lost or
+  duplicated (only the `time` column, a wall-clock measurement, differs between any two runs).
+- Settings: a resume with other settings is refused with the difference, except an extension of the
+  indices (the recorded list a prefix of the new one, as a larger --max): the run continues the file
+  and its sidecar records the new indices from then on.
+- Sidecars are written atomically (temporary file, fsync, rename): a kill or a failed write leaves the
+  old sidecar or the new one, and no temporary file.
 """
 
+import contextlib
 import decimal
 import json
 import math
 import os
 import pathlib
 import platform
+import re
 import subprocess
 import time
 from importlib import metadata
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import jax
+
+from rsjax import locks
 
 HEADER = ("idx", "label", "predict", "radius", "correct", "time")
 # Sequential certification adds the noise draws each example used (n0 included) as a seventh column.
@@ -96,12 +117,64 @@ def check_writable(path) -> pathlib.Path:
     return path
 
 
+class RunRecordError(ValueError):
+    """A certification output that cannot be resumed as it is: a bad row, a damaged or missing
+    sidecar, or other settings. The message names the file (and the line of a bad row); nothing was
+    changed."""
+
+
 def write_json(path, obj) -> None:
-    """Writes JSON atomically (temporary file, then rename): a kill never leaves half a file."""
+    """Writes JSON atomically: a temporary file beside `path`, fsync'ed, renamed over it. A kill or a
+    failure leaves the old file or the new one, never half of one, and no temporary file."""
     path = pathlib.Path(path)
+    text = json.dumps(obj, indent=2, sort_keys=True) + "\n"  # fails before any file is made
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_directory(path.parent)
+
+
+def _fsync_directory(path) -> None:
+    """Makes a rename in `path` durable (a no-op where directories cannot be fsync'ed)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def read_json(path) -> dict:
+    """Reads a JSON object (a sidecar); RunRecordError naming the file if it is empty or damaged."""
+    path = pathlib.Path(path)
+    text = path.read_text(errors="replace")
+    if not text.strip():
+        raise RunRecordError(
+            f"{path} is empty (a write cut short?); it is left untouched: restore it, or delete it "
+            "with the file it describes to start over"
+        )
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise RunRecordError(
+            f"{path} is not valid JSON ({e.msg} at line {e.lineno} column {e.colno}: truncated or "
+            "damaged); it is left untouched: restore it, or delete it with the file it describes "
+            "to start over"
+        ) from None
+    if not isinstance(obj, dict):
+        raise RunRecordError(f"{path} holds a JSON {type(obj).__name__}, not an object")
+    return obj
 
 
 def append_result(path, row: dict, env: dict) -> dict:
@@ -149,58 +222,276 @@ def format_row(
     return row + ("\n" if num_samples is None else f"\t{num_samples}\n")
 
 
-class CertificationTSV:
-    """An append-only certification TSV that resumes.
+_INTEGER = re.compile(r"-?[0-9]+\Z")
+_NUMBER = re.compile(r"[-+]?[0-9.]+([eE][-+]?[0-9]+)?\Z")  # no nan, inf or spaces
 
-    tsv = CertificationTSV(path, settings)   # settings: what must match for a resume (JSON-able)
-    CertificationTSV(path, settings, header=SEQUENTIAL_HEADER)  # sequential: rows add num_samples
-    tsv.done                                  # indices already written, in order
-    tsv.append(rows)                          # rows: iterable of format_row arguments
-    A file written with other settings is never touched: that raises ValueError.
+
+def _integer(row: dict, name: str) -> int:
+    if not _INTEGER.match(row[name]):
+        raise ValueError(f"{name} {row[name]!r} is not an integer")
+    return int(row[name])
+
+
+def _seconds_or_radius(row: dict, name: str) -> float:
+    try:
+        value = float(row[name]) if _NUMBER.match(row[name]) else math.nan
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"{name} {row[name]!r} is not a finite number >= 0")
+    return value
+
+
+def check_row(
+    fields: Sequence[str],
+    header: Sequence[str] = HEADER,
+    *,
+    idx: int | None = None,
+    num_classes: int | None = None,
+) -> int:
+    """Checks one certification row (its tab-separated fields) against what rsjax writes and returns
+    its idx; ValueError says what is wrong.
+
+    idx an integer >= 0 (equal to `idx` when given: the requested order); label in [0, num_classes)
+    and predict in [-1, num_classes) (no upper bound when num_classes is None); radius finite, >= 0,
+    and 0 where predict is -1 (abstain); correct is predict == label as 0 or 1; time finite, >= 0;
+    num_samples (sequential rows) an integer >= 1.
+    """
+    if len(fields) != len(header):
+        raise ValueError(f"{len(fields)} fields where the header has {len(header)}")
+    row = dict(zip(header, fields, strict=True))
+    index = _integer(row, "idx")
+    if index < 0:
+        raise ValueError(f"idx {index} is negative")
+    if idx is not None and index != idx:
+        raise ValueError(f"idx {index} where the requested order has {idx}")
+    label = _integer(row, "label")
+    if label < 0 or (num_classes is not None and label >= num_classes):
+        raise ValueError(f"label {label} is outside [0, {num_classes or 'inf'})")
+    predict = _integer(row, "predict")
+    if predict < -1 or (num_classes is not None and predict >= num_classes):
+        raise ValueError(f"predict {predict} is outside [-1, {num_classes or 'inf'})")
+    radius = _seconds_or_radius(row, "radius")
+    if predict == -1 and radius != 0:
+        raise ValueError(f"radius {row['radius']} for an abstention (predict -1) must be 0")
+    correct = _integer(row, "correct")
+    if correct != int(predict == label):
+        raise ValueError(
+            f"correct {correct} where predict {predict} and label {label} give "
+            f"{int(predict == label)}"
+        )
+    _seconds_or_radius(row, "time")
+    if "num_samples" in row and _integer(row, "num_samples") < 1:
+        raise ValueError(f"num_samples {row['num_samples']} is not >= 1")
+    return index
+
+
+class CertificationTSV:
+    """An append-only certification TSV that resumes, written by one process at a time.
+
+    with CertificationTSV(path, settings, indices=indices) as tsv:  # locks, then resumes or starts
+        tsv.done              # indices already written: a prefix of `indices`
+        tsv.append(rows)      # rows: iterable of format_row arguments, in the order of `indices`
+        tsv.write_sidecar({"complete": True})
+
+    Args:
+      settings: what must match for a resume (JSON-able); `indices` is recorded with them.
+      indices: the dataset indices of the rows, in order.
+      header: HEADER, or SEQUENTIAL_HEADER for rows with num_samples.
+      num_classes: bounds the labels and predictions that a resume accepts (None: unchecked).
+      index_settings: names of settings that only choose the indices (a script's --max): they may
+        change along with an extension of `indices`.
+    Raises OutputLockedError when another process holds the file, RunRecordError (a ValueError) when
+    the file cannot be resumed as it is (see the module docstring); neither touches the file. The lock
+    is held until close() (or the end of the with block).
     """
 
-    def __init__(self, path, settings: dict, header: tuple[str, ...] = HEADER):
+    def __init__(
+        self,
+        path,
+        settings: dict,
+        *,
+        indices: Sequence[int],
+        header: Sequence[str] = HEADER,
+        num_classes: int | None = None,
+        index_settings: Sequence[str] = (),
+    ):
         self.header = tuple(header)
         self.path = check_writable(path)
         self.sidecar = self.path.with_name(self.path.name + ".json")
-        self.settings = json.loads(json.dumps(settings))
+        self.indices = [int(i) for i in indices]
+        self.settings = json.loads(json.dumps(dict(settings, indices=self.indices)))
+        self.num_classes = num_classes
+        self.index_settings = tuple(index_settings)
         self.done: list[int] = []
-        if self.path.exists() and self.path.stat().st_size > len("\t".join(self.header)) + 1:
-            self._resume()
-        else:  # settings first, so that a file with rows always has the settings beside it
-            self.write_sidecar({})
-            with open(self.path, "w") as f:
-                f.write("\t".join(self.header) + "\n")
+        self.extended_from: int | None = None  # the recorded number of indices, when extended
+        self._ends: list[int] = []  # byte offset after the header and after each row
+        self._lock = contextlib.ExitStack()
+        self._lock.enter_context(locks.exclusive(self.path))
+        try:
+            header_bytes = len("\t".join(self.header)) + 1
+            if self.path.exists() and self.path.stat().st_size > header_bytes:
+                self._resume()
+            else:  # settings first, so that a file with rows always has the settings beside it
+                self.write_sidecar({})
+                with open(self.path, "w") as f:
+                    f.write("\t".join(self.header) + "\n")
+                    f.flush()
+                    os.fsync(f.fileno())
+                self._ends = [header_bytes]
+        except BaseException:
+            self.close()
+            raise
 
-    def _resume(self):
-        previous = {}
-        if self.sidecar.exists():
-            previous = json.loads(self.sidecar.read_text()).get("settings", {})
-        if previous != self.settings:
-            diff = {
-                k: (previous.get(k), v) for k, v in self.settings.items() if previous.get(k) != v
-            }
-            raise ValueError(
-                f"{self.path} exists from a run with other settings (saved vs now: {diff or previous}); "
+    def __enter__(self) -> "CertificationTSV":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Releases the lock (the file stays as written)."""
+        self._lock.close()
+
+    def _resume(self) -> None:
+        """Checks the settings and every row, then drops a torn last line; touches nothing on error."""
+        if not self.sidecar.exists():
+            raise RunRecordError(
+                f"{self.path} has rows but no sidecar {self.sidecar} saying with which settings; "
                 "it is left untouched: choose another output path or delete it to start over"
             )
-        text = self.path.read_text()
-        lines = text.split("\n")
-        if lines[0].split("\t") != list(self.header):
-            raise ValueError(f"{self.path} does not start with the header {' '.join(self.header)}")
-        complete = lines[1:-1]  # the last element is '' after a final newline, or a torn line
-        if lines[-1]:
-            with open(self.path, "w") as f:  # drop the torn last line, keep every complete row
-                f.write("\n".join(lines[:-1]) + "\n")
-        self.done = [int(line.split("\t")[0]) for line in complete if line]
+        sidecar = read_json(self.sidecar)
+        recorded = sidecar.get("settings")
+        if not isinstance(recorded, dict):
+            raise RunRecordError(f"{self.sidecar} records no settings (no 'settings' object)")
+        self._check_settings(recorded)
+        data = self.path.read_bytes()
+        self._read_rows(data)
+        if len(data) > self._ends[-1]:  # a torn last line: cut at the byte after the last row
+            self._truncate(self._ends[-1])
+        if recorded != self.settings:  # an extension of the indices: this run takes the file over
+            self.extended_from = len(recorded["indices"])
+            write_json(
+                self.sidecar,
+                dict(
+                    sidecar,
+                    settings=self.settings,
+                    examples_done=len(self.done),
+                    complete=len(self.done) == len(self.indices),
+                ),
+            )
+
+    def _check_settings(self, recorded: dict) -> None:
+        if recorded == self.settings:
+            return
+        changed = sorted(
+            k for k in set(recorded) | set(self.settings) if recorded.get(k) != self.settings.get(k)
+        )
+        old = recorded.get("indices")
+        extends = (
+            set(changed) <= {"indices", *self.index_settings}
+            and isinstance(old, list)
+            and self.indices[: len(old)] == old
+        )
+        if extends:
+            return
+        diff = ", ".join(
+            f"{k}: {_brief(recorded, k)} vs {_brief(self.settings, k)}" for k in changed
+        )
+        hint = ""
+        if set(changed) <= {"indices", *self.index_settings}:
+            hint = " (the indices may only grow: the saved ones must begin the new ones)"
+        raise RunRecordError(
+            f"{self.path} exists from a run with other settings (saved vs now: {diff}){hint}; "
+            "it is left untouched: choose another output path or delete it to start over"
+        )
+
+    def _read_rows(self, data: bytes) -> None:
+        """Sets done and the row ends from the file's bytes; RunRecordError at the first bad row."""
+        header = "\t".join(self.header).encode()
+        if data.split(b"\n", 1)[0] != header or b"\n" not in data:
+            raise RunRecordError(
+                f"{self.path}, line 1: not the header {' '.join(self.header)}; it is left untouched"
+            )
+        pos = len(header) + 1
+        self._ends = [pos]
+        line = 1
+        while (end := data.find(b"\n", pos)) >= 0:  # a last line without a newline is torn
+            line += 1
+            text = data[pos:end]
+            try:
+                if len(self.done) >= len(self.indices):
+                    raise ValueError(f"a row beyond the {len(self.indices)} requested indices")
+                index = check_row(
+                    text.decode("ascii").split("\t"),
+                    self.header,
+                    idx=self.indices[len(self.done)],
+                    num_classes=self.num_classes,
+                )
+            except ValueError as e:  # UnicodeDecodeError included
+                shown = text[:100].decode("ascii", errors="replace")
+                raise RunRecordError(
+                    f"{self.path}, line {line}: {e} in {shown!r}; the file is left untouched: "
+                    "remove this line and those after it to recompute them, or delete the file "
+                    "to start over"
+                ) from None
+            self.done.append(index)
+            pos = end + 1
+            self._ends.append(pos)
+
+    def _truncate(self, size: int) -> None:
+        """Cuts the file at byte `size`, fsync'ed: one system call that rewrites nothing before it."""
+        fd = os.open(self.path, os.O_WRONLY)
+        try:
+            os.ftruncate(fd, size)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def keep(self, count: int) -> None:
+        """Keeps the first `count` rows and cuts the file after them (by truncation, as a repair)."""
+        if count < len(self.done):
+            self._truncate(self._ends[count])
+            del self.done[count:]
+            del self._ends[count + 1 :]
 
     def append(self, rows: Iterable[tuple]) -> None:
-        with open(self.path, "a") as f:
-            for row in rows:
-                f.write(format_row(*row))
-                self.done.append(int(row[0]))
+        """Checks and appends rows (format_row arguments) in the order of `indices`, then fsyncs;
+        a bad row (a NaN radius, an index out of order) raises ValueError before anything is written."""
+        lines = []
+        for row in rows:
+            line = format_row(*row)
+            k = len(self.done) + len(lines)
+            try:
+                if k >= len(self.indices):
+                    raise ValueError(f"a row beyond the {len(self.indices)} requested indices")
+                check_row(
+                    line[:-1].split("\t"),
+                    self.header,
+                    idx=self.indices[k],
+                    num_classes=self.num_classes,
+                )
+            except ValueError as e:
+                raise ValueError(f"refusing to write a bad row to {self.path}: {e}") from None
+            lines.append(line)
+        with open(self.path, "ab") as f:  # opened at the end of the file
+            end = f.tell()
+            for line in lines:
+                end += f.write(line.encode())
+                self._ends.append(end)
             f.flush()
             os.fsync(f.fileno())
+        self.done.extend(self.indices[len(self.done) : len(self.done) + len(lines)])
 
     def write_sidecar(self, extra: dict) -> None:
         write_json(self.sidecar, {"settings": self.settings, **extra})
+
+
+def _brief(settings: dict, key: str) -> str:
+    """One setting for a message: '(none)' when absent, long lists shortened to their ends."""
+    if key not in settings:
+        return "(none)"
+    value = settings[key]
+    if isinstance(value, list) and len(value) > 6:
+        return f"[{value[0]}, {value[1]}, ..., {value[-1]}] ({len(value)} items)"
+    return json.dumps(value)

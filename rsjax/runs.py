@@ -1,11 +1,14 @@
 """Certification runs over a dataset: counts once per example batch, every requested certifier on the
-host, rows appended to one resumable TSV per method (see rsjax.records), progress with throughput.
+host, rows appended to one resumable TSV per method (see rsjax.records: one writer per TSV, every row
+checked on a resume, repairs by truncation only), progress with throughput.
 
 The selection and estimation counts are drawn once and shared by the methods: each method's
 certificate is valid on its own (its guarantee is per method, as for separate runs with the same
 noise), which halves the cost of comparing CERTIFY with T-CERTIFY.
 """
 
+import contextlib
+import sys
 import time
 from typing import Any, Callable, Mapping, Sequence
 
@@ -13,7 +16,13 @@ import jax
 import numpy as np
 
 from rsjax import bounds, progress, records, sequential, sharding, votes
-from rsjax.certify import METHODS, certify_from_counts, check_images
+from rsjax.certify import (
+    METHODS,
+    certify_from_counts,
+    check_batch_size,
+    check_images,
+    check_samples,
+)
 
 
 def certify_dataset(
@@ -34,107 +43,161 @@ def certify_dataset(
     batch_size: int = 8,
     settings: dict | None = None,
     sidecar: dict | None = None,
+    index_settings: Sequence[str] = (),
     alpha_split: str = "selection",
     mesh=None,
     show_progress: bool = True,
 ) -> dict[str, str]:
     """Certifies images[indices] and writes one TSV per method; resumes files already started.
 
+    Each TSV is locked for the whole run (a second process raises locks.OutputLockedError at once) and
+    every row already there is checked before the run continues after the last one (a bad row, a
+    damaged sidecar or other settings raise records.RunRecordError, touching nothing). A rerun whose
+    indices extend the recorded ones (the old list a prefix of the new) continues the file.
+
     Args:
       key: certification root key; example i's noise comes from (key, i), i its dataset index.
       logits_fn, params: the base classifier logits_fn(params, x).
       images, labels: the whole split (N, H, W, C) float32 in [0,1] and (N,) int.
-      indices: dataset indices to certify, in order.
+      indices: dataset indices to certify, in order: at least one, distinct, in [0, N).
       outputs: {method: tsv path}, methods from rsjax.certify.METHODS.
       settings: extra JSON-able settings that must match for a resume (dataset, checkpoint hash, ...).
       sidecar: extra JSON-able facts recorded in each sidecar (environment, checkpoint path, ...).
+      index_settings: names of `settings` that only choose the indices (a script's --max): they may
+        change when the indices extend the recorded ones.
     Returns:
       {method: path of its TSV}.
     """
     sigma = bounds.check_sigma(sigma)
     alpha = bounds.check_alpha(alpha)
-    for name, value in (("n0", n0), ("n", n)):
-        if int(value) != value or value < 1:
-            raise ValueError(f"{name} must be an integer >= 1, got {value}")
+    n0 = check_samples("n0", n0)
+    n = check_samples("n", n)
+    batch_size = check_batch_size(batch_size)
     bounds.warn_if_never_certifies(n, alpha)
-    indices = [int(i) for i in indices]
-    base = dict(settings or {}, sigma=sigma, n0=n0, n=n, alpha=alpha, indices=indices)
+    indices = check_indices(indices, images, labels)
+    base = dict(settings or {}, sigma=sigma, n0=n0, n=n, alpha=alpha)
     for method in outputs:
         if method not in METHODS:
             raise ValueError(f"unknown method {method!r}; choose from {METHODS}")
-    # Files are written by process 0 alone; the others follow its resume point.
-    tsvs = {}
-    if sharding.is_primary():
-        for method, path in outputs.items():
-            extra = {"alpha_split": alpha_split} if method == "tcertify" else {}
-            tsvs[method] = records.CertificationTSV(path, dict(base, method=method, **extra))
-    done = _consistent_prefix(tsvs, indices) if tsvs else 0
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
+    with contextlib.ExitStack() as held:
+        # Files are written (and locked) by process 0 alone; the others follow its resume point.
+        tsvs = {}
+        if sharding.is_primary():
+            for method, path in outputs.items():
+                extra = {"alpha_split": alpha_split} if method == "tcertify" else {}
+                tsvs[method] = held.enter_context(
+                    records.CertificationTSV(
+                        path,
+                        dict(base, method=method, **extra),
+                        indices=indices,
+                        num_classes=num_classes,
+                        index_settings=index_settings,
+                    )
+                )
+        done = _consistent_prefix(tsvs) if tsvs else 0
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
 
-        done = int(multihost_utils.broadcast_one_to_all(np.int32(done)))
-    todo = indices[done:]
+            done = int(multihost_utils.broadcast_one_to_all(np.int32(done)))
+        if show_progress:
+            _report_resume(tsvs.values(), done)
+        todo = indices[done:]
 
-    bar = (
-        progress.Progress(len(indices), "certify", unit="img", done=done)
-        if show_progress and tsvs
-        else None
-    )
-    t_start = time.perf_counter()
-    samples = 0
-    for start in range(0, len(todo), batch_size):
-        rows = np.asarray(todo[start : start + batch_size])
-        x = check_images(images[rows])
-        t0 = time.perf_counter()
-        common = dict(sigma=sigma, num_classes=num_classes, chunk_size=chunk_size, mesh=mesh)
-        counts0 = votes.count_votes(
-            key, logits_fn, params, x, rows, num_samples=n0, stream=votes.SELECTION, **common
+        bar = (
+            progress.Progress(len(indices), "certify", unit="img", done=done)
+            if show_progress and tsvs
+            else None
         )
-        counts = votes.count_votes(
-            key, logits_fn, params, x, rows, num_samples=n, stream=votes.ESTIMATION, **common
-        )
-        certs = {
-            method: certify_from_counts(
-                counts0, counts, sigma=sigma, alpha=alpha, method=method, alpha_split=alpha_split
+        t_start = time.perf_counter()
+        samples = 0
+        for start in range(0, len(todo), batch_size):
+            rows = np.asarray(todo[start : start + batch_size])
+            x = check_images(images[rows])
+            t0 = time.perf_counter()
+            common = dict(sigma=sigma, num_classes=num_classes, chunk_size=chunk_size, mesh=mesh)
+            counts0 = votes.count_votes(
+                key, logits_fn, params, x, rows, num_samples=n0, stream=votes.SELECTION, **common
             )
-            for method in outputs
-        }
-        per_example = (time.perf_counter() - t0) / len(rows)
-        for method, tsv in tsvs.items():
-            cert = certs[method]
-            tsv.append(
-                (int(i), int(labels[i]), int(p), float(r), int(p == labels[i]), per_example)
-                for i, p, r in zip(rows, cert.prediction, cert.radius, strict=True)
+            counts = votes.count_votes(
+                key, logits_fn, params, x, rows, num_samples=n, stream=votes.ESTIMATION, **common
             )
-        samples += len(rows) * (n0 + n)
-        if bar:
-            rate = samples / (time.perf_counter() - t_start)
-            bar.update(len(rows), extra=f"{rate:,.0f} noise samples/s")
-    wall = time.perf_counter() - t_start
-    for tsv in tsvs.values():
-        tsv.write_sidecar(
-            dict(
-                sidecar or {},
-                examples_done=len(tsv.done),
-                complete=len(tsv.done) == len(indices),
-                last_session_wall_s=wall,
-                last_session_noise_samples_per_s=samples / wall if wall else None,
+            certs = {
+                method: certify_from_counts(
+                    counts0,
+                    counts,
+                    sigma=sigma,
+                    alpha=alpha,
+                    method=method,
+                    alpha_split=alpha_split,
+                )
+                for method in outputs
+            }
+            per_example = (time.perf_counter() - t0) / len(rows)
+            for method, tsv in tsvs.items():
+                cert = certs[method]
+                tsv.append(
+                    (int(i), int(labels[i]), int(p), float(r), int(p == labels[i]), per_example)
+                    for i, p, r in zip(rows, cert.prediction, cert.radius, strict=True)
+                )
+            samples += len(rows) * (n0 + n)
+            if bar:
+                rate = samples / (time.perf_counter() - t_start)
+                bar.update(len(rows), extra=f"{rate:,.0f} noise samples/s")
+        wall = time.perf_counter() - t_start
+        for tsv in tsvs.values():
+            tsv.write_sidecar(
+                dict(
+                    sidecar or {},
+                    examples_done=len(tsv.done),
+                    complete=len(tsv.done) == len(indices),
+                    last_session_wall_s=wall,
+                    last_session_noise_samples_per_s=samples / wall if wall else None,
+                )
             )
-        )
     return {method: str(path) for method, path in outputs.items()}
 
 
-def _consistent_prefix(tsvs, indices) -> int:
-    """Number of leading indices every TSV has; longer files are cut back to it (never reordered)."""
-    for tsv in tsvs.values():
-        if tsv.done != indices[: len(tsv.done)]:
-            raise ValueError(f"{tsv.path} holds rows for other indices than requested")
+def check_indices(indices: Sequence[int], images, labels) -> list[int]:
+    """Validates the dataset indices of a run: at least one, distinct integers in [0, N), with N
+    images and N labels. Returns them as a list of ints."""
+    if len(images) != len(labels):
+        raise ValueError(f"{len(images)} images but {len(labels)} labels")
+    values = np.asarray(list(indices))
+    if values.size == 0:
+        raise ValueError("no images to certify: indices is empty (a --max of 0?)")
+    if values.ndim != 1 or not np.issubdtype(values.dtype, np.integer):
+        raise TypeError(
+            f"indices must be a sequence of integers, got {values.dtype} {values.shape}"
+        )
+    if values.min() < 0 or values.max() >= len(labels):
+        raise ValueError(f"indices must lie in [0, {len(labels)}), the images of the split")
+    if len(np.unique(values)) != len(values):
+        raise ValueError("indices has duplicates: an image would be certified, and written, twice")
+    return [int(i) for i in values]
+
+
+def _report_resume(tsvs, done: int) -> None:
+    """'resuming: N of M rows done (PATH)' on stderr for each TSV that had rows."""
+    for tsv in tsvs:
+        if done or tsv.extended_from is not None:
+            extended = (
+                f"; the run grows from {tsv.extended_from} to {len(tsv.indices)} images"
+                if tsv.extended_from is not None
+                else ""
+            )
+            print(
+                f"resuming: {done} of {len(tsv.indices)} rows done ({tsv.path}{extended})",
+                file=sys.stderr,
+                flush=True,
+            )
+
+
+def _consistent_prefix(tsvs) -> int:
+    """Number of leading indices every TSV has; longer files are cut back to it, by truncation at the
+    byte after its last row kept (the rows kept are never rewritten, nor reordered)."""
     done = min(len(tsv.done) for tsv in tsvs.values())
     for tsv in tsvs.values():
-        if len(tsv.done) > done:
-            lines = tsv.path.read_text().split("\n")
-            tsv.path.write_text("\n".join(lines[: 1 + done]) + "\n")
-            tsv.done = tsv.done[:done]
+        tsv.keep(done)
     return done
 
 
@@ -159,6 +222,7 @@ def certify_dataset_sequential(
     batch_size: int = 8,
     settings: dict | None = None,
     sidecar: dict | None = None,
+    index_settings: Sequence[str] = (),
     mesh=None,
     show_progress: bool = True,
 ) -> str:
@@ -169,11 +233,16 @@ def certify_dataset_sequential(
     stop in any order; rows are written in the order of `indices` as soon as every earlier image has
     stopped, so a killed run resumes after its last written row and, since each draw's noise depends
     only on (key, index, draw), finishes with the rows of an uninterrupted run. The sidecar records
-    the procedure (bound, looks, their levels, the goal); a resume with other settings is refused.
+    the procedure (bound, looks, their levels, the goal); a resume with other settings is refused,
+    one that extends the indices continues the file. The TSV is locked and resumed as in
+    `certify_dataset`.
 
     Args as `certify_dataset`, with n_max, radii / radius_tol and bound as in
     rsjax.sequential.make_plan, and one output path. Returns the TSV's path.
     """
+    n0 = check_samples("n0", n0)
+    n_max = check_samples("n_max", n_max)
+    batch_size = check_batch_size(batch_size)
     plan = sequential.make_plan(
         sigma=sigma,
         alpha=alpha,
@@ -183,25 +252,71 @@ def certify_dataset_sequential(
         radius_tol=radius_tol,
         bound=bound,
     )
-    indices = [int(i) for i in indices]
-    tsv = None
-    if sharding.is_primary():
-        meta = dict(settings or {}, sigma=plan.sigma, n0=plan.n0, alpha=plan.alpha, indices=indices)
-        meta.update(method="cohen", **plan.describe())
-        tsv = records.CertificationTSV(output, meta, header=records.SEQUENTIAL_HEADER)
-        if tsv.done != indices[: len(tsv.done)]:
-            raise ValueError(f"{tsv.path} holds rows for other indices than requested")
-    done = len(tsv.done) if tsv else 0
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
+    indices = check_indices(indices, images, labels)
+    with contextlib.ExitStack() as held:
+        tsv = None
+        if sharding.is_primary():  # files are written (and locked) by process 0 alone
+            meta = dict(settings or {}, sigma=plan.sigma, n0=plan.n0, alpha=plan.alpha)
+            meta.update(method="cohen", **plan.describe())
+            tsv = held.enter_context(
+                records.CertificationTSV(
+                    output,
+                    meta,
+                    indices=indices,
+                    header=records.SEQUENTIAL_HEADER,
+                    num_classes=num_classes,
+                    index_settings=index_settings,
+                )
+            )
+        done = len(tsv.done) if tsv else 0
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
 
-        done = int(multihost_utils.broadcast_one_to_all(np.int32(done)))
-    todo = np.asarray(indices[done:], dtype=np.int64)
-    bar = (
-        progress.Progress(len(indices), "certify", unit="img", done=done)
-        if show_progress and tsv
-        else None
-    )
+            done = int(multihost_utils.broadcast_one_to_all(np.int32(done)))
+        if show_progress:
+            _report_resume([tsv] if tsv else [], done)
+        _run_sequential(
+            key,
+            logits_fn,
+            params,
+            images,
+            labels,
+            np.asarray(indices[done:], dtype=np.int64),
+            tsv,
+            plan,
+            num_classes=num_classes,
+            chunk_size=chunk_size,
+            batch_size=batch_size,
+            sidecar=sidecar,
+            mesh=mesh,
+            bar=(
+                progress.Progress(len(indices), "certify", unit="img", done=done)
+                if show_progress and tsv
+                else None
+            ),
+        )
+    return str(output)
+
+
+def _run_sequential(
+    key,
+    logits_fn,
+    params,
+    images,
+    labels,
+    todo,
+    tsv,
+    plan,
+    *,
+    num_classes,
+    chunk_size,
+    batch_size,
+    sidecar,
+    mesh,
+    bar,
+):
+    """Certifies images[todo] with the slot scheduler, appending rows to `tsv` (None on processes
+    other than 0) in the order of `todo`, then writes the sidecar."""
     stopped: dict[int, tuple] = {}
     written = 0
     finished = 0
@@ -253,10 +368,9 @@ def certify_dataset_sequential(
             dict(
                 sidecar or {},
                 examples_done=len(tsv.done),
-                complete=len(tsv.done) == len(indices),
+                complete=len(tsv.done) == len(tsv.indices),
                 last_session_wall_s=wall,
                 last_session_noise_samples=used,
                 last_session_noise_samples_per_s=used / wall if wall else None,
             )
         )
-    return str(output)

@@ -1,6 +1,8 @@
 """Certification runs: TSV format, resume after a kill (no row lost or duplicated), settings guard,
-and bad input (unwritable output, mismatched resume)."""
+one writer per output (two real processes), growing indices, and bad input (unwritable output,
+mismatched resume, bad rows)."""
 
+import json
 import os
 import signal
 import subprocess
@@ -12,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rsjax import records, runs
+from rsjax import locks, records, runs
 from rsjax.analysis import read_tsv
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -92,6 +94,160 @@ def test_resume_with_other_settings_leaves_the_file_alone(tmp_path):
     assert open(tmp_path / "cohen.tsv").read() == before
 
 
+def test_resume_reports_and_refuses_a_bad_row(tmp_path, capsys):
+    _run(tmp_path, range(8))
+    for name in ("cohen.tsv", "tcertify.tsv"):  # 5 of 8 rows kept
+        lines = (tmp_path / name).read_text().split("\n")
+        (tmp_path / name).write_text("\n".join(lines[:6]) + "\n")
+    _run(tmp_path, range(8), show_progress=True)
+    err = capsys.readouterr().err
+    assert f"resuming: 5 of 8 rows done ({tmp_path / 'cohen.tsv'})" in err
+    assert f"resuming: 5 of 8 rows done ({tmp_path / 'tcertify.tsv'})" in err
+    assert [int(r[0]) for r in _rows(tmp_path / "cohen.tsv")] == list(range(8))
+    lines = (tmp_path / "cohen.tsv").read_text().split("\n")
+    lines[3] = "\t".join(lines[3].split("\t")[:3] + ["nan"] + lines[3].split("\t")[4:])
+    (tmp_path / "cohen.tsv").write_text("\n".join(lines))
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    with pytest.raises(records.RunRecordError, match="cohen.tsv, line 4: radius 'nan'"):
+        _run(tmp_path, range(8))
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+def test_cutting_back_a_longer_file_never_rewrites_it(tmp_path, monkeypatch):
+    """TSVs of one run at different lengths are cut to the shortest by truncation: a failure there
+    (here a full disk) leaves both files whole."""
+    _run(tmp_path, range(10))
+    lines = (tmp_path / "tcertify.tsv").read_text().split("\n")
+    (tmp_path / "tcertify.tsv").write_text("\n".join(lines[:5]) + "\n")
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+
+    def full_disk(fd, size):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(records.os, "ftruncate", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        _run(tmp_path, range(10))
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+    monkeypatch.undo()
+    _run(tmp_path, range(10))
+    for name in ("cohen.tsv", "tcertify.tsv"):
+        four_rows = b"\n".join(before[name].split(b"\n")[:5]) + b"\n"
+        assert (tmp_path / name).read_bytes().startswith(four_rows)
+        assert [int(r[0]) for r in _rows(tmp_path / name)] == list(range(10))
+
+
+def test_indices_that_extend_the_saved_ones_continue_the_run(tmp_path):
+    full = _run(tmp_path / "full", range(0, 24, 2))
+    part = tmp_path / "part"
+    _run(part, range(0, 12, 2))
+    first = {name: (part / name).read_bytes() for name in ("cohen.tsv", "tcertify.tsv")}
+    _run(part, range(0, 24, 2))
+    for name in ("cohen.tsv", "tcertify.tsv"):
+        assert (part / name).read_bytes().startswith(first[name])  # the old rows as they were
+        assert _rows(part / name) == _rows(full[name.split(".")[0]])
+        sidecar = json.loads((part / f"{name}.json").read_text())
+        assert sidecar["settings"]["indices"] == list(range(0, 24, 2)) and sidecar["complete"]
+    grown = (part / "cohen.tsv").read_bytes()
+    for indices in (range(0, 12, 2), range(2, 26, 2)):  # shrinking, or another start
+        with pytest.raises(records.RunRecordError, match="other settings"):
+            _run(part, indices)
+    assert (part / "cohen.tsv").read_bytes() == grown
+
+
+def _hold_lock(path):
+    """A second process holding the lock of `path` (until killed), importing rsjax/locks.py alone."""
+    code = (
+        "import importlib.util, sys\n"
+        f"spec = importlib.util.spec_from_file_location('locks', {os.path.join(REPO, 'rsjax', 'locks.py')!r})\n"
+        "locks = importlib.util.module_from_spec(spec)\n"
+        "spec.loader.exec_module(locks)\n"
+        "with locks.exclusive(sys.argv[1]):\n"
+        "    print('held', flush=True)\n"
+        "    sys.stdin.read()\n"
+    )
+    holder = subprocess.Popen(
+        [sys.executable, "-c", code, str(path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout.readline() == "held\n"
+    return holder
+
+
+def test_an_output_held_by_another_process_is_refused_until_it_dies(tmp_path):
+    holder = _hold_lock(tmp_path / "tcertify.tsv")
+    try:
+        message = f"tcertify.tsv is in use by another process \\(process id {holder.pid} on "
+        with pytest.raises(locks.OutputLockedError, match=message):
+            _run(tmp_path, range(4))
+        assert not (tmp_path / "tcertify.tsv").exists()
+    finally:
+        holder.kill()  # SIGKILL: no clean-up runs; the kernel drops the lock with the process
+        holder.wait()
+    _run(tmp_path, range(4))
+    assert [int(r[0]) for r in _rows(tmp_path / "tcertify.tsv")] == list(range(4))
+
+
+# A run of `_run(argv[1], range(30))` that stops before its first row, holding its locks, until the
+# file argv[3] exists; argv[2] says it got there.
+OVERLAPPING_RUN = """
+import pathlib, sys, time
+sys.path.insert(0, {tests!r})
+import test_runs
+from rsjax import records
+
+ready, go = pathlib.Path(sys.argv[2]), pathlib.Path(sys.argv[3])
+append = records.CertificationTSV.append
+
+def waiting_append(self, rows):
+    rows = list(rows)
+    if not ready.exists():
+        ready.write_text("")
+        while not go.exists():
+            time.sleep(0.02)
+    append(self, rows)
+
+records.CertificationTSV.append = waiting_append
+test_runs._run(pathlib.Path(sys.argv[1]), range(30))
+"""
+
+
+def test_two_overlapping_runs_cannot_double_rows(tmp_path):
+    full = _run(tmp_path / "full", range(30))
+    out, ready, go = tmp_path / "out", tmp_path / "ready", tmp_path / "go"
+    first = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            OVERLAPPING_RUN.format(tests=os.path.join(REPO, "tests")),
+            str(out),
+            str(ready),
+            str(go),
+        ],
+        cwd=REPO,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.time() + 120
+        while not ready.exists() and first.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+        assert ready.exists(), first.stderr.read() if first.poll() is not None else "timed out"
+        with pytest.raises(locks.OutputLockedError, match=f"process id {first.pid} on"):
+            _run(out, range(30))
+    finally:
+        go.write_text("")
+        _, err = first.communicate(timeout=120)
+    assert first.returncode == 0, err
+    _run(out, range(30))  # after it: a complete file, nothing to add
+    for name in ("cohen.tsv", "tcertify.tsv"):
+        assert _rows(out / name) == _rows(full[name.split(".")[0]])
+        assert [int(r[0]) for r in _rows(out / name)] == list(range(30))
+        sidecar = json.loads((out / f"{name}.json").read_text())
+        assert sidecar["examples_done"] == 30 and sidecar["complete"]
+
+
 def test_unwritable_output(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("")
@@ -106,6 +262,21 @@ def test_bad_settings(tmp_path):
         _run(tmp_path, range(3), alpha=1.5)
     with pytest.raises(ValueError, match="n0"):
         _run(tmp_path, range(3), n0=0)
+    with pytest.raises(ValueError, match="n = 2,147,483,648 exceeds"):
+        _run(tmp_path, range(3), n=2**31)
+    with pytest.raises(ValueError, match="batch_size"):
+        _run(tmp_path, range(3), batch_size=0)
+    with pytest.raises(ValueError, match="no images to certify"):
+        _run(tmp_path, [])
+    with pytest.raises(ValueError, match="duplicates"):
+        _run(tmp_path, [0, 3, 0])
+    with pytest.raises(ValueError, match=r"\[0, 30\)"):
+        _run(tmp_path, [0, 30])
+    with pytest.raises(ValueError, match="n_max"):
+        _run_sequential(tmp_path / "s.tsv", range(3), n_max=0)
+    with pytest.raises(ValueError, match="no images to certify"):
+        _run_sequential(tmp_path / "s.tsv", range(0))
+    assert not any(tmp_path.iterdir())  # refused before any file was made
     with pytest.raises(ValueError, match="unknown method"):
         runs.certify_dataset(
             jax.random.key(0),
