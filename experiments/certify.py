@@ -4,7 +4,9 @@
       --data-source-dir ../shared/data/mnist-test --skip 20 --n 10000 --outdir runs/mnist_lenet/cert
 
 --skip K certifies every K-th example (idx % K == 0) and --max M stops before index M (-1: all), as in
-Cohen et al.'s certify.py. Killed and rerun with the same arguments, it continues where it stopped.
+Cohen et al.'s certify.py. Killed and rerun with the same arguments, it continues where it stopped,
+after checking every row already written; rerun with a larger --max (all else the same), it extends the
+run. A second run on the same --outdir stops at once (rsjax.locks.OutputLockedError).
 
 Empirical Bayes classifiers (rsjax.empirical_bayes): `--denoiser DIR` certifies the classifier composed
 with that denoiser's xhat, at the denoiser's sigma; an XHAT run's --workdir holds both already;
@@ -94,6 +96,8 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.skip < 1:
         p.error("--skip must be >= 1")
+    if args.max == 0:
+        p.error("--max 0 leaves no image to certify (-1: no limit)")
     if args.sequential:
         if args.methods not in (None, ["cohen"]):
             p.error("--sequential implements CERTIFY only (--methods cohen)")
@@ -160,6 +164,7 @@ def main(argv=None):
         chunk_size=args.chunk_size,
         batch_size=args.batch_size,
         settings=settings(args, dataset, digest, meta, walk),
+        index_settings=("max",),  # a larger --max extends the run (its indices grow)
         sidecar={
             "checkpoint": str(ckpt_dir.resolve()),
             "checkpoint_step": step,
@@ -199,7 +204,7 @@ def main(argv=None):
 
 
 def settings(args, dataset, digest, meta, walk) -> dict:
-    """What must match for a resume."""
+    """What must match for a resume (but --max, which may grow with the indices it selects)."""
     return {
         "dataset": dataset,
         "split": args.split,

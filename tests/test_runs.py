@@ -2,6 +2,7 @@
 one writer per output (two real processes), growing indices, and bad input (unwritable output,
 mismatched resume, bad rows)."""
 
+import importlib.util
 import json
 import os
 import signal
@@ -394,6 +395,47 @@ def test_script_missing_checkpoint(tmp_path):
         timeout=120,
     )
     assert out.returncode != 0 and "no checkpoint directory" in out.stderr
+
+
+def _certify_main(monkeypatch):
+    """experiments/certify.py's main, imported into this process (no interpreter or JAX start-up)."""
+    monkeypatch.syspath_prepend(os.path.join(REPO, "experiments"))  # for its `import cli`
+    spec = importlib.util.spec_from_file_location(
+        "certify_script", os.path.join(REPO, "experiments", "certify.py")
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main
+
+
+def test_script_max_may_grow_and_not_shrink(trained_workdir, tmp_path, monkeypatch, capsys):
+    main = _certify_main(monkeypatch)
+
+    def certify(outdir, max_index):
+        args = ["--workdir", str(trained_workdir), "--outdir", str(outdir), "--n0", "20"]
+        args += ["--n", "200", "--skip", "5", "--max", str(max_index), "--batch-size", "2"]
+        main([*args, "--methods", "cohen"])
+        return outdir / "cohen.tsv"
+
+    grown = certify(tmp_path / "grown", 10)
+    first = grown.read_bytes()
+    assert [int(r[0]) for r in _rows(grown)] == [0, 5]
+    capsys.readouterr()
+    certify(tmp_path / "grown", 20)
+    err = capsys.readouterr().err
+    assert f"resuming: 2 of 4 rows done ({grown}; the run grows from 2 to 4 images)" in err
+    assert grown.read_bytes().startswith(first)
+    assert _rows(grown) == _rows(certify(tmp_path / "whole", 20))
+    sidecar = json.loads((tmp_path / "grown" / "cohen.tsv.json").read_text())
+    assert sidecar["settings"]["max"] == 20 and sidecar["settings"]["indices"] == [0, 5, 10, 15]
+    assert sidecar["complete"] and sidecar["examples_done"] == 4
+    done = grown.read_bytes()
+    with pytest.raises(records.RunRecordError, match="max: 20 vs 10.*may only grow"):
+        certify(tmp_path / "grown", 10)
+    assert grown.read_bytes() == done
+    with pytest.raises(SystemExit):
+        certify(tmp_path / "none", 0)
+    assert "--max 0 leaves no image to certify" in capsys.readouterr().err
 
 
 # --------------------------------------------------------------------------------------------------
