@@ -113,7 +113,8 @@ def read_tsv(path: str | os.PathLike) -> CertResults:
     Columns are found by name, so their order does not matter and extra columns are ignored.
     Blank lines (a trailing newline, a blank final line) are skipped. A missing column, a malformed
     row or a bad value raises ValueError naming the file (and the line). A row whose ``correct``
-    disagrees with ``predict == label`` is kept as written, with a warning.
+    disagrees with ``predict == label`` is kept as written, with a warning. An idx that appears
+    twice (rows doubled by two writers) raises ValueError: every example counts once.
 
     Returns:
       CertResults with N = number of data rows (0 for a header-only file).
@@ -177,6 +178,13 @@ def read_tsv(path: str | os.PathLike) -> CertResults:
         )
     if np.any(results.radius < 0) or np.any(np.isnan(results.radius)):
         raise ValueError(f"{path}: radius must be non-negative")
+    values, first = np.unique(results.idx, return_index=True)
+    if values.size != results.idx.size:
+        again = np.setdiff1d(np.arange(results.idx.size), first)[0]
+        raise ValueError(
+            f"{path}: idx {results.idx[again]} appears more than once (row {again + 1}): the file "
+            "holds doubled rows (two writers?), so its certified accuracy would count them twice"
+        )
     return results
 
 

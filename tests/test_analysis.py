@@ -390,3 +390,13 @@ def test_paired_cli_in_both_modes(hand_path, tmp_path):
     assert proc.returncode == 0, proc.stderr
     for seed in ("seed0", "seed1"):
         assert f"| adre/cohen - gaussian/cohen ({seed}) | +0.100 | +0.025 |" in proc.stdout
+
+
+def test_doubled_rows_are_refused(tmp_path):
+    """Two writers on one output (before rsjax.locks) doubled every row; analysis must not count
+    20 images as 40."""
+    rows = HAND_TSV.strip().split("\n")
+    path = tmp_path / "doubled.tsv"
+    path.write_text("\n".join(rows + rows[1:]) + "\n")
+    with pytest.raises(ValueError, match=r"doubled\.tsv: idx 0 appears more than once \(row 11\)"):
+        analysis.read_tsv(path)
