@@ -93,6 +93,7 @@ def main(argv=None):
     p.add_argument("--walk-u", type=float, default=1.0, help="walk inverse mass")
     p.add_argument("--outdir", required=True)
     cli.add_data_flags(p)
+    cli.add_debug_flag(p)
     args = p.parse_args(argv)
     if args.skip < 1:
         p.error("--skip must be >= 1")
@@ -219,4 +220,4 @@ def settings(args, dataset, digest, meta, walk) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

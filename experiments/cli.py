@@ -8,7 +8,43 @@ import importlib.util
 import pathlib
 import sys
 
-from rsjax import data, empirical_bayes, train
+from rsjax import checkpoint, data, empirical_bayes, locks, monitor, records, train, votes
+
+# The library's errors whose message is written for people (what is wrong, the path or option to
+# fix it): a script prints it as one line instead of a traceback; --debug shows the traceback.
+KNOWN_ERRORS = (
+    checkpoint.CheckpointError,
+    data.DatasetNotFoundError,
+    locks.OutputLockedError,
+    records.RunRecordError,
+    votes.NonFiniteLogitsError,
+    train.NonFiniteLossError,
+    monitor.CollapseError,
+)
+
+
+def add_debug_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        help="show the full traceback of a known error instead of its one-line message",
+    )
+
+
+def run(main, argv=None) -> None:
+    """Runs a script's main(argv); a known rsjax error (KNOWN_ERRORS) is printed on stderr as one
+    line, `NAME: error: MESSAGE`, with exit status 1, unless argv holds --debug (then it is raised
+    with its traceback). Everything written before the error (rows, checkpoints) stays."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        main(argv)
+    except KNOWN_ERRORS as e:
+        if "--debug" in argv:
+            raise
+        name = pathlib.Path(sys.argv[0]).name or "rsjax"
+        message = " ".join(str(e).split())
+        print(f"{name}: error: {message} (--debug shows the traceback)", file=sys.stderr)
+        sys.exit(1)
 
 
 def load_config(spec: str, *, smoke: bool) -> dict:

@@ -31,6 +31,7 @@ def main(argv=None):
     parser.add_argument("--outdir", default="runs/quickstart")
     parser.add_argument("--smoke", action="store_true", help="tiny settings, runs in seconds")
     cli.add_data_flags(parser)
+    cli.add_debug_flag(parser)
     args = parser.parse_args(argv)
     config = cli.load_config(CONFIG, smoke=args.smoke)
     outdir = pathlib.Path(args.outdir)
@@ -117,4 +118,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)
