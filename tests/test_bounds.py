@@ -2,6 +2,10 @@
 and statsmodels, exact coverage by summing the binomial pmf, monotonicity, the largest certifiable
 radius, NeverCertifiesWarning and the PREDICT p-value against scipy.stats.binomtest.
 
+Also the beta-binomial mixture confidence sequence against its definition: its ends are where the log
+wealth crosses log(1/alpha) (scipy's root finder on the closed form, and the mixture integral by
+quadrature), with the prior from the selection counts alone.
+
 Everything here is deterministic (closed forms and exact sums); nothing is simulated.
 """
 
@@ -10,7 +14,7 @@ import warnings
 
 import numpy as np
 import pytest
-from scipy import stats
+from scipy import integrate, optimize, special, stats
 from statsmodels.stats.proportion import proportion_confint
 
 from rsjax import bounds
@@ -265,3 +269,92 @@ def test_mixture_bounds_contain_the_estimate_and_are_wider_than_one_look_clopper
     # Wider than Clopper-Pearson at a single look at the same level (it holds at every n).
     cp = bounds.clopper_pearson_lower(k[1:], 100, 0.05)
     assert np.all(lower[1:] <= cp + 1e-12)
+
+
+# --------------------------------------------------------------------------------------------------
+# The mixture confidence sequence against its definition
+
+
+def _log_wealth(p, k, n, k0, n0):
+    """log M_n(p) = log of the integral over q ~ Beta(k0 + 1/2, n0 - k0 + 1/2) of the likelihood
+    ratio (q / p)^k ((1 - q) / (1 - p))^(n - k), in closed form (scipy.special.betaln)."""
+    a, b = k0 + 0.5, n0 - k0 + 0.5
+    return (
+        special.betaln(a + k, b + n - k)
+        - special.betaln(a, b)
+        - special.xlogy(k, p)
+        - special.xlog1py(n - k, -p)
+    )
+
+
+def _wealth_by_quadrature(p, k, n, k0, n0):
+    """M_n(p) as the mixture integral itself, evaluated numerically (scipy.integrate.quad)."""
+    prior = stats.beta(k0 + 0.5, n0 - k0 + 0.5)
+
+    def ratio(q):
+        return math.exp(
+            k * (math.log(q) - math.log(p)) + (n - k) * (math.log1p(-q) - math.log1p(-p))
+        ) * prior.pdf(q)
+
+    points = [k / n] if 0 < k < n else None
+    return integrate.quad(ratio, 0, 1, points=points, limit=200, epsabs=0, epsrel=1e-10)[0]
+
+
+MIXTURE_CASES = [
+    # k, n, k0, n0, alpha
+    (97, 100, 95, 100, 0.05),
+    (180, 200, 40, 100, 0.001),
+    (520, 1000, 55, 100, 0.1),
+    (9990, 10000, 100, 100, 0.001),
+    (30, 400, 2, 50, 0.2),
+]
+
+
+@pytest.mark.parametrize("k, n, k0, n0, alpha", MIXTURE_CASES)
+def test_mixture_ends_are_where_the_log_wealth_crosses_log_one_over_alpha(k, n, k0, n0, alpha):
+    """Each returned end is where log M_n(p) crosses log(1/alpha), on its outer side (conservative),
+    found here by scipy.optimize.brentq on the closed form; the closed form is itself checked against
+    the mixture integral at both ends. A sequence at 2 alpha (log(1/alpha) - 0.69), with its prior
+    centred on the estimation counts, or with another prior spread, moves the ends far beyond 1e-9."""
+    lower, upper = bounds.mixture_bounds(k, n, alpha, k0, n0)
+    level = math.log(1 / alpha)
+    p_hat = k / n
+
+    def excess(p):
+        return _log_wealth(p, k, n, k0, n0) - level
+
+    want_lower = optimize.brentq(excess, 1e-300, p_hat, xtol=1e-15, rtol=1e-15)
+    want_upper = optimize.brentq(excess, p_hat, 1 - 1e-16, xtol=1e-15, rtol=1e-15)
+    assert float(lower) == pytest.approx(want_lower, rel=1e-9, abs=1e-12)
+    assert float(upper) == pytest.approx(want_upper, rel=1e-9, abs=1e-12)
+    # Outer side: p at the returned end is (just) outside the set {p : M_n(p) < 1/alpha}.
+    assert excess(float(lower)) >= -1e-9 and excess(float(upper)) >= -1e-9
+    assert lower < p_hat < upper
+    for end in (float(lower), float(upper)):
+        assert _wealth_by_quadrature(end, k, n, k0, n0) == pytest.approx(1 / alpha, rel=1e-6)
+
+
+def test_mixture_prior_is_the_selection_counts_alone():
+    """The prior is Beta(k0 + 1/2, n0 - k0 + 1/2), fixed by the selection counts: for one k0 and every
+    estimation count k the ends are the crossings of that prior's log wealth (one broadcast call), and
+    the same estimation counts with another k0 give other ends."""
+    k = np.arange(0, 501, 25)
+    n, k0, n0, alpha = 500, 70, 100, 0.01
+    lower, upper = bounds.mixture_bounds(k, n, alpha, k0, n0)
+    level = math.log(1 / alpha)
+    for kk, lo, up in zip(k, lower, upper, strict=True):
+        p_hat = kk / n
+        if kk == 0:
+            assert lo == 0.0
+        else:
+            assert _log_wealth(lo, kk, n, k0, n0) >= level - 1e-9
+            assert _log_wealth(min(lo * (1 + 1e-7), p_hat), kk, n, k0, n0) < level or lo == p_hat
+        if kk == n:
+            assert up == 1.0
+        else:
+            assert _log_wealth(up, kk, n, k0, n0) >= level - 1e-9
+    other, _ = bounds.mixture_bounds(k, n, alpha, 20, n0)
+    assert np.all(other[1:] != lower[1:])
+    lower_only, none = bounds.mixture_bounds(k, n, alpha, k0, n0, lower_only=True)
+    assert none is None
+    np.testing.assert_array_equal(lower_only, lower)

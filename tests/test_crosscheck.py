@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from scipy import stats
 
 import rsjax
 from rsjax import ABSTAIN, runs, sequential, sharding, votes
@@ -108,6 +109,65 @@ def test_the_problem_is_not_trivial(counts):
     # The streams differ: the selection counts are not the first n0 estimation draws.
     first = reference_counts(N0, votes.ESTIMATION)
     assert not np.array_equal(first, counts0)
+
+
+# --------------------------------------------------------------------------------------------------
+# 0. The count-level function against a naive scipy reference at its levels (REFERENCE 1, 2)
+
+
+def naive_two_sided(c, top, alpha_a, alpha_b):
+    """(radius or None, pA_lower, pB_upper) of one row, straight from REFERENCE section 2."""
+    n, k, na = int(c.sum()), len(c), int(c[top])
+    pa = 0.0 if na == 0 else stats.beta.ppf(alpha_a, na, n - na + 1)
+    pb = 1.0 - pa
+    if alpha_b > 0:
+        level = alpha_b / (k - 1)
+        others = [
+            1.0 if c[j] == n else stats.beta.ppf(1 - level, c[j] + 1, n - c[j])
+            for j in range(k)
+            if j != top
+        ]
+        pb = min(pb, max(others))
+    radius = SIGMA / 2 * (stats.norm.ppf(pa) - stats.norm.ppf(pb)) if pa > pb else None
+    return radius, pa, pb
+
+
+def test_tcertify_union_and_fixed_splits_at_their_levels():
+    """T-CERTIFY "union" is the best of the G splits with (1 - f) alpha / G for pA and f alpha / G for
+    the runner-up (Bonferroni over K - 1), and a one-split grid uses (1 - f) alpha and f alpha; CERTIFY
+    is alpha for pA. Checked row by row against scipy on simulated counts where the runner-up bound
+    binds. (A union whose pA bound kept the whole alpha / G is invisible to any simulation: its pA
+    bounds are nested. This exact check catches it.)"""
+    rng = np.random.default_rng(3)
+    p = np.r_[0.6, 0.3, np.full(K - 2, 0.1 / (K - 2))]
+    counts0 = rng.multinomial(50, p, size=30)
+    counts = rng.multinomial(400, p, size=30)
+    grid = (0.0, 0.1, 0.25, 0.5)
+    union = certify_from_counts(
+        counts0, counts, sigma=SIGMA, alpha=ALPHA, method="tcertify", alpha_split="union"
+    )
+    one_split = certify_from_counts(
+        counts0, counts, sigma=SIGMA, alpha=ALPHA, method="tcertify", split_grid=(0.5,)
+    )
+    cohen = certify_from_counts(counts0, counts, sigma=SIGMA, alpha=ALPHA)
+    binds = 0
+    for i in range(len(counts)):
+        top = int(counts0[i].argmax())
+        tries = [naive_two_sided(counts[i], top, (1 - f) * ALPHA / 4, f * ALPHA / 4) for f in grid]
+        best = max(tries, key=lambda t: -np.inf if t[0] is None else t[0])
+        assert union.radius[i] == pytest.approx(best[0] or 0.0, rel=1e-9, abs=1e-12)
+        assert union.pa_lower[i] == pytest.approx(best[1], rel=1e-9)
+        assert union.pb_upper[i] == pytest.approx(best[2], rel=1e-9)
+        r, pa, pb = naive_two_sided(counts[i], top, ALPHA, 0.0)
+        assert cohen.radius[i] == pytest.approx(r or 0.0, rel=1e-9, abs=1e-12)
+        assert cohen.pa_lower[i] == pytest.approx(pa, rel=1e-9)
+        if one_split.pa_lower[i] != cohen.pa_lower[i]:  # f = 0.5 (f = 0 is the fallback)
+            r, pa, pb = naive_two_sided(counts[i], top, 0.5 * ALPHA, 0.5 * ALPHA)
+            assert one_split.radius[i] == pytest.approx(r or 0.0, rel=1e-9, abs=1e-12)
+            assert one_split.pa_lower[i] == pytest.approx(pa, rel=1e-9)
+            assert one_split.pb_upper[i] == pytest.approx(pb, rel=1e-9)
+            binds += pb < 1 - pa
+    assert binds > 20
 
 
 # --------------------------------------------------------------------------------------------------

@@ -11,6 +11,9 @@
    and the device path (rsjax.certify(..., sampling="sequential")); the device path does not depend
    on chunk size, batch size, round size, device count or order.
 4. Bad input.
+5. Exact oracles: the union looks are scipy's Clopper-Pearson bounds at the documented levels (which
+   sum to alpha), the running bound is their maximum up to the stop, and the mixture looks are the
+   crossings of the log wealth of the prior fixed by the selection counts.
 """
 
 import dataclasses
@@ -19,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from scipy import stats
+from scipy import optimize, special, stats
 
 import rsjax
 from rsjax import ABSTAIN, sequential, votes
@@ -99,6 +102,97 @@ def test_naive_reuse_of_fixed_n_bound_fails_coverage():
     naive_rate, _ = failure_rate(naive, p, sigma)
     assert valid_rate <= limit()
     assert naive_rate > 2 * ALPHA, f"naive failure rate {naive_rate:.4f} is not above 2 alpha"
+
+
+def test_union_look_levels_and_bounds_are_exact():
+    """The levels are the documented spending (half_final: alpha / 2 at n_max, alpha / (2 (L - 1)) at
+    each earlier look; equal: alpha / L), and look t's bounds are scipy's Clopper-Pearson bounds of
+    the first n_t draws at alphas[t], for every look and count (one broadcast call)."""
+    for spending in sequential.SPENDINGS:
+        plan = sequential.make_plan(
+            sigma=0.5, alpha=0.05, n0=100, n_max=3200, radii=RADII, spending=spending
+        )
+        num_looks = len(plan.looks)
+        if spending == "half_final":
+            want = [0.05 / (2 * (num_looks - 1))] * (num_looks - 1) + [0.025]
+        else:
+            want = [0.05 / num_looks] * num_looks
+        np.testing.assert_allclose(plan.alphas, want, rtol=1e-12)
+        assert sum(plan.alphas) == pytest.approx(0.05, rel=1e-12)
+        t = np.arange(num_looks)[:, None]
+        n = np.asarray(plan.looks)[:, None]
+        k = np.round(n * np.linspace(0, 1, 11)[None, :]).astype(np.int64)
+        lower, upper = sequential.look_bounds(plan, t, k)
+        level = np.asarray(plan.alphas)[:, None]
+        with np.errstate(invalid="ignore"):
+            want_lower = np.where(k == 0, 0.0, stats.beta.ppf(level, k, n - k + 1))
+            want_upper = np.where(k == n, 1.0, stats.beta.ppf(1 - level, k + 1, n - k))
+        np.testing.assert_allclose(lower, want_lower, rtol=1e-9, atol=0)
+        np.testing.assert_allclose(upper, want_upper, rtol=1e-9, atol=1e-15)
+
+
+def _mixture_lower(k, n, alpha, k0, n0):
+    """The lower end of the mixture sequence, from its definition: where the log wealth
+    log B(a + k, b + n - k) - log B(a, b) - k log p - (n - k) log(1 - p), a = k0 + 1/2,
+    b = n0 - k0 + 1/2, crosses log(1/alpha) below k / n (scipy.optimize.brentq)."""
+    if k == 0:
+        return 0.0
+    a, b = k0 + 0.5, n0 - k0 + 0.5
+    log_marginal = special.betaln(a + k, b + n - k) - special.betaln(a, b)
+
+    def excess(p):
+        return log_marginal - k * np.log(p) - (n - k) * np.log1p(-p) - np.log(1 / alpha)
+
+    return optimize.brentq(excess, 1e-300, k / n, xtol=1e-15, rtol=1e-14)
+
+
+def test_mixture_looks_take_the_prior_from_the_selection_counts_only():
+    """Sequential CERTIFY's mixture bound at look t is the mixture sequence of the first n_t draws at
+    the full alpha with the prior of the selection count k0 of cA out of n0: two images with the same
+    k0 and different estimation counts get the crossings of the same prior, and the running lower
+    bound at the stop is the largest of them."""
+    plan = sequential.make_plan(
+        sigma=0.25, alpha=0.05, n0=100, n_max=1600, radius_tol=1e-6, bound="mixture"
+    )
+    looks = np.asarray(plan.looks)
+    k_looks = np.stack([np.round(0.83 * looks), np.round(0.9 * looks)]).astype(np.int64)
+    k0 = np.array([80, 80])
+    cert = sequential.certify_from_look_counts(plan, np.array([0, 0]), k0, k_looks)
+    for i in range(2):
+        each = [
+            _mixture_lower(int(k), int(n), 0.05, 80, 100)
+            for k, n in zip(k_looks[i], looks, strict=True)
+        ]
+        lower, _ = sequential.look_bounds(plan, np.arange(len(looks)), k_looks[i], np.full(1, 80))
+        np.testing.assert_allclose(lower, each, rtol=1e-9)
+        assert cert.num_samples[i] == 100 + 1600  # the tolerance makes every look happen
+        assert cert.pa_lower[i] == pytest.approx(max(each), rel=1e-9)
+        assert cert.radius[i] == pytest.approx(0.25 * stats.norm.ppf(max(each)), rel=1e-9)
+    # Another selection count moves the bound; the estimation counts never enter the prior.
+    moved, _ = sequential.look_bounds(plan, 2, k_looks[0, 2], 60)
+    assert moved != pytest.approx(_mixture_lower(int(k_looks[0, 2]), int(looks[2]), 0.05, 80, 100))
+
+
+def test_union_running_bound_is_the_largest_look_bound_until_the_stop():
+    """certify_from_look_counts with the union bound: the running lower bound at the stop is the
+    largest Clopper-Pearson bound (scipy) of the looks up to the stop, at their levels."""
+    plan = sequential.make_plan(sigma=0.25, alpha=0.05, n0=100, n_max=3200, radii=RADII)
+    looks = np.asarray(plan.looks)
+    rng = np.random.default_rng(4)
+    steps = np.diff(np.r_[0, looks])
+    k_looks = np.cumsum(rng.binomial(steps[None, :], 0.86, size=(200, len(looks))), axis=1)
+    cert = sequential.certify_from_look_counts(plan, np.zeros(200, int), np.full(200, 86), k_looks)
+    assert len(np.unique(cert.num_samples)) > 1
+    for i in range(200):
+        stop = list(looks).index(cert.num_samples[i] - 100)
+        k, n = k_looks[i, : stop + 1], looks[: stop + 1]
+        want = stats.beta.ppf(np.asarray(plan.alphas[: stop + 1]), k, n - k + 1).max()
+        assert cert.pa_lower[i] == pytest.approx(want, rel=1e-9)
+        if want > 0.5:
+            assert cert.prediction[i] == 0
+            assert cert.radius[i] == pytest.approx(0.25 * stats.norm.ppf(want), rel=1e-9)
+        else:
+            assert cert.prediction[i] == ABSTAIN and cert.radius[i] == 0.0
 
 
 def test_union_bound_levels_sum_to_alpha():
