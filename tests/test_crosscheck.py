@@ -38,7 +38,8 @@ from rsjax.certify import certify_from_counts, predict_from_counts
 
 K = 4
 SIGMA = 0.5
-N0, N = 48, 200
+# Not multiples of the chunk sizes used, so that padded noise samples exist and must not count.
+N0, N = 49, 201
 ALPHA = 0.05
 CHUNK = 64
 KEY = 11
@@ -62,7 +63,7 @@ def one_device():
 
 def reference_counts(num_samples, stream, indices=INDICES):
     """The documented draws, counted in one call on the default (four-device) mesh."""
-    return votes.count_votes(
+    counts = votes.count_votes(
         jax.random.key(KEY),
         logits_fn,
         W,
@@ -74,6 +75,8 @@ def reference_counts(num_samples, stream, indices=INDICES):
         chunk_size=CHUNK,
         stream=stream,
     )
+    np.testing.assert_array_equal(counts.sum(axis=1), num_samples)
+    return counts
 
 
 @pytest.fixture(scope="module")
@@ -109,6 +112,22 @@ def test_the_problem_is_not_trivial(counts):
     # The streams differ: the selection counts are not the first n0 estimation draws.
     first = reference_counts(N0, votes.ESTIMATION)
     assert not np.array_equal(first, counts0)
+    # The dataset index seeds the noise: one image under two indices gets other draws.
+    same_image = np.full(len(INDICES), INDICES[0])
+    twice = votes.count_votes(
+        jax.random.key(KEY),
+        logits_fn,
+        W,
+        IMAGES[same_image],
+        INDICES,
+        sigma=SIGMA,
+        num_classes=K,
+        num_samples=N,
+        chunk_size=CHUNK,
+        stream=votes.ESTIMATION,
+    )
+    np.testing.assert_array_equal(twice[0], counts_[0])
+    assert len({tuple(row) for row in twice}) > len(INDICES) // 2
 
 
 # --------------------------------------------------------------------------------------------------
