@@ -1,7 +1,8 @@
 """Tests for rsjax.data: raw formats round-trip exactly, copies are cached per source, errors help.
 
 Oracles are written independently of the module: IDX files are built here with struct, CIFAR pixels
-are looked up by hand in the row-major CHW layout, and the real MNIST files are parsed with gzip. Image folders (imagenet, image_folder) are tested for
+are looked up by hand in the row-major CHW layout and read as torchvision's CIFAR10 reads them, and
+the real MNIST files are parsed with gzip. Image folders (imagenet, image_folder) are tested for
 their place in `load` and their errors here; their order and pixels in tests/test_imagefolder.py.
 """
 
@@ -397,6 +398,47 @@ def test_default_data_dir(monkeypatch, tmp_path):
     assert data.default_data_dir() == tmp_path / "default-data-dir"
     monkeypatch.delenv("RSJAX_DATA_DIR")
     assert data.default_data_dir() == pathlib.Path.home() / ".cache/rsjax/tensorflow_datasets"
+
+
+# ----------------------------------------------------------------------------- CIFAR-10 as torchvision
+
+
+def py2_pickle(batch):
+    """`batch` pickled as the CIFAR-10 files were (Python 2 cPickle, protocol 2): keys are Python 2
+    str (SHORT_BINSTRING), which Python 3 reads as str with encoding="latin1" (torchvision) and as
+    bytes with encoding="bytes" (rsjax)."""
+    out = [b"\x80\x02}("]  # PROTO 2, EMPTY_DICT, MARK
+    for key, value in batch.items():
+        out.append(b"U" + bytes([len(key)]) + key.encode())
+        out.append(pickle.dumps(value, protocol=2)[2:-1])  # without its PROTO and STOP
+    return b"".join(out) + b"u."  # SETITEMS, STOP
+
+
+def torchvision_cifar10_test(root):
+    """torchvision's CIFAR10(root, train=False) without torchvision: (uint8 HWC images, labels)."""
+    with open(root / "cifar-10-batches-py" / "test_batch", "rb") as f:
+        entry = pickle.load(f, encoding="latin1")
+    images = np.vstack([entry["data"]]).reshape(-1, 3, 32, 32).transpose((0, 2, 3, 1))
+    return images, entry["labels"] if "labels" in entry else entry["fine_labels"]
+
+
+def test_cifar10_test_split_has_torchvisions_order_and_pixels(tmp_path):
+    """Row idx of an rsjax certification TSV is image idx of CIFAR10(train=False): order and values."""
+    rng = np.random.default_rng(7)
+    n = 300  # enough records that a shuffled or sharded read would show
+    rows = rng.integers(0, 256, size=(n, 3072), dtype=np.uint8)
+    labels = [int(v) for v in rng.integers(0, 10, size=n)]
+    batch = {"batch_label": "testing batch 1 of 1", "labels": labels, "data": rows,
+             "filenames": [f"img_{i}.png" for i in range(n)]}  # fmt: skip
+    folder = tmp_path / "src" / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    (folder / "test_batch").write_bytes(py2_pickle(batch))
+    ds = data.load("cifar10", "test", data_dir=tmp_path / "dd", source_dir=tmp_path / "src")
+    images, targets = torchvision_cifar10_test(tmp_path / "src")
+    np.testing.assert_array_equal(ds.labels, targets)
+    # ToTensor(Image.fromarray(images[i])) is images[i] / 255 in CHW; rsjax keeps HWC
+    np.testing.assert_array_equal(ds.images, images.astype(np.float32) / np.float32(255))
+    assert ds.images[n - 1, 31, 0, 2] == np.float32(rows[n - 1, 2 * 1024 + 31 * 32]) / 255
 
 
 # ----------------------------------------------------------------------------- image folders
