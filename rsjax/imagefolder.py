@@ -212,7 +212,7 @@ class FolderImages:
             return np.arange(n)[key]
         if isinstance(key, numbers.Integral) and not isinstance(key, bool):
             key = np.int64(key)
-        elif isinstance(key, (np.ndarray, list, range)):
+        elif isinstance(key, (np.ndarray, list, range)) or hasattr(key, "__array__"):
             key = np.asarray(key)
             if key.size == 0 and key.dtype != bool:
                 key = key.astype(np.int64)

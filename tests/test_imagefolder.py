@@ -174,6 +174,12 @@ def test_indexing_forms(tree):
     images = imagefolder.FolderImages(imagefolder.scan(root).paths, threads=1)
     every = images[:]
     np.testing.assert_array_equal(images[[0, 6]], every[[0, 6]])
+
+    class Rows:  # a jax array, say: anything with __array__
+        def __array__(self, dtype=None, copy=None):
+            return np.array([6, 0])
+
+    np.testing.assert_array_equal(images[Rows()], every[[6, 0]])
     np.testing.assert_array_equal(images[np.array([[1], [4]])], every[np.array([[1], [4]])])
     mask = np.array([True, False, False, True, False, False, True])
     np.testing.assert_array_equal(images[mask], every[mask])
