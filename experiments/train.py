@@ -6,7 +6,9 @@
 Every epoch's held-out evaluation is checked for collapse (rsjax.monitor.collapse_reason): a warning, or
 with --fail-on-collapse an error after that epoch's checkpoint is saved. SIGTERM or Ctrl-C stops the
 run after the step in progress, with that step's checkpoint saved (exit status 128 + the signal's
-number); rerunning the same command resumes there.
+number); rerunning the same command resumes there. The run's config.json is written only once the
+workdir's lock is held and its checkpoints are of the same settings: a refused rerun (another
+training in the workdir, or a different config) changes no file.
 """
 
 import argparse
@@ -55,15 +57,18 @@ def main(argv=None):
     if args.stop_after_epochs is not None:
         stop_after_step = args.stop_after_epochs * (len(train_set.labels) // config["batch_size"])
     records.check_writable(f"{args.workdir}/config.json")
-    records.write_json(
-        f"{args.workdir}/config.json",
-        {
-            "config": config,
-            "config_file": args.config,
-            "smoke": args.smoke,
-            **records.environment(),
-        },
-    )
+
+    def write_config():  # once the workdir is locked and checked: a refused run writes nothing
+        records.write_json(
+            f"{args.workdir}/config.json",
+            {
+                "config": config,
+                "config_file": args.config,
+                "smoke": args.smoke,
+                **records.environment(),
+            },
+        )
+
     try:
         state = cli.fit(
             jax.random.key(config["seed"]),
@@ -72,6 +77,7 @@ def main(argv=None):
             train_set,
             held_out,
             stop_after_step=stop_after_step,
+            on_start=write_config,
             **({"fail_on_collapse": True} if args.fail_on_collapse else {}),
         )
     except preemption.TrainingInterrupted as stopped:  # SIGTERM / SIGINT: the step is saved

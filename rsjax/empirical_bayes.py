@@ -99,6 +99,7 @@ def fit_denoiser(
     show_progress: bool = True,
     eval_images: np.ndarray | None = None,
     eval_max: int = 1000,
+    on_start: Callable[[], None] | None = None,
 ) -> train.TrainState:
     """Learns the score of Y = X + N(0, sigma^2 I) on `images` by denoising; resumes from `workdir`.
 
@@ -111,6 +112,7 @@ def fit_denoiser(
       epochs, batch_size, learning_rate, schedule, weight_decay: Adam (b1 = 0.9) with this schedule.
       eval_images: held-out clean data; after every epoch the denoising MSE per pixel and PSNR (dB)
         of the first `eval_max` are logged to metrics.jsonl.
+      on_start: see rsjax.train.train_loop (called before anything is written).
     Returns:
       The final TrainState; its checkpoints hold {"params": score params} and meta kind "denoiser".
     """
@@ -174,12 +176,20 @@ def fit_denoiser(
         show_progress=show_progress,
         name=f"denoise {score_model}",
         eval_fn=evaluate,
+        on_start=on_start,
     )
 
 
+DENOISER_OLDER = (
+    "rerun the denoiser's training to redo the later steps (it resumes from step {step}), or use "
+    "step {step} (compose's denoiser_step)"
+)
+
+
 def load_denoiser(ckpt_dir, step: int | None = None):
-    """(score_fn, params, meta, step) of a `fit_denoiser` checkpoint."""
-    step, meta = checkpoint.restore_meta(ckpt_dir, step)
+    """(score_fn, params, meta, step) of a `fit_denoiser` checkpoint; a step that fails its
+    digest check raises rsjax.checkpoint.CorruptedCheckpointError naming the intact steps."""
+    step, meta = checkpoint.restore_meta(ckpt_dir, step, hint=DENOISER_OLDER)
     if meta.get("kind") != "denoiser":
         raise checkpoint.CheckpointError(
             f"{ckpt_dir} is not a denoiser checkpoint (kind {meta.get('kind', 'classifier')!r})"
@@ -189,7 +199,7 @@ def load_denoiser(ckpt_dir, step: int | None = None):
         "params": score.init_params(model, jax.random.key(0), meta["input_shape"]),
         "batch_stats": {},
     }
-    step, variables, _ = checkpoint.restore(ckpt_dir, step, model_like=like)
+    step, variables, _ = checkpoint.restore(ckpt_dir, step, model_like=like, hint=DENOISER_OLDER)
     return _score_fn(meta["score_model"]), variables["params"], meta, step
 
 
@@ -229,6 +239,7 @@ def fit_xhat(
     eval_noise: int = 32,
     eval_max: int = 500,
     fail_on_collapse: bool = False,
+    on_start: Callable[[], None] | None = None,
 ) -> train.TrainState:
     """XHAT(eps): trains classifier `model_name` end-to-end on xhat of the denoiser in `denoiser_dir`
     at SmoothAdv points, at the denoiser's sigma; resumes from `workdir`.
@@ -239,7 +250,7 @@ def fit_xhat(
     on xhat(x + eta) (rsjax.losses.gaussian_augmentation_loss). finetune: the score network trains
     too (same optimizer); otherwise its parameters are frozen (no gradient, no update). sigma, if
     given, must equal the denoiser's (a guard against pairing the wrong runs).
-    Classifier training options, eval, the collapse check of every held-out evaluation
+    Classifier training options, eval, on_start, the collapse check of every held-out evaluation
     (rsjax.monitor.CollapseWarning, or with fail_on_collapse CollapseError) as in rsjax.train.fit
     (SGD with momentum).
     Returns:
@@ -365,6 +376,7 @@ def fit_xhat(
         name=f"xhat {model_name}",
         eval_fn=evaluate,
         fail_on_collapse=fail_on_collapse,
+        on_start=on_start,
     )
 
 
@@ -398,6 +410,8 @@ def compose(classifier_dir, denoiser_dir, *, classifier_step=None, denoiser_step
 
     Returns (logits_fn, params, meta): params {"classifier", "score"}; meta the classifier's, with the
     denoiser's sigma, score model and step added. Certify at meta["sigma"], the denoiser's.
+    Either checkpoint failing its digest check raises rsjax.checkpoint.CorruptedCheckpointError
+    naming the intact steps (see train.load_for_eval and load_denoiser).
     """
     model, variables, meta, step = train.load_for_eval(
         pathlib.Path(classifier_dir) / "checkpoints", classifier_step
@@ -454,8 +468,10 @@ def walk_jump_logits_fn_for(
 
 def load_for_eval(ckpt_dir, step: int | None = None):
     """(logits_fn, params, meta, step) of any classifier checkpoint: a plain rsjax.train.fit one or a
-    `fit_xhat` one (kind "eb_classifier"); a denoiser checkpoint alone is not a classifier."""
-    step, meta = checkpoint.restore_meta(ckpt_dir, step)
+    `fit_xhat` one (kind "eb_classifier"); a denoiser checkpoint alone is not a classifier.
+    A step that fails its digest check raises rsjax.checkpoint.CorruptedCheckpointError naming the
+    intact steps and the `--step` that certifies the newest of them."""
+    step, meta = checkpoint.restore_meta(ckpt_dir, step, hint=train.CERTIFY_OLDER)
     kind = meta.get("kind", "classifier")
     if kind == "denoiser":
         raise checkpoint.CheckpointError(
@@ -476,7 +492,9 @@ def load_for_eval(ckpt_dir, step: int | None = None):
         "params": {"classifier": variables["params"], "score": score_params},
         "batch_stats": variables.get("batch_stats", {}),
     }
-    step, restored, _ = checkpoint.restore(ckpt_dir, step, model_like=like)
+    step, restored, _ = checkpoint.restore(
+        ckpt_dir, step, model_like=like, hint=train.CERTIFY_OLDER
+    )
     classifier_vars = {"params": restored["params"]["classifier"]}
     if restored["batch_stats"]:
         classifier_vars["batch_stats"] = restored["batch_stats"]

@@ -14,6 +14,7 @@ import contextlib
 import inspect
 import json
 import math
+import os
 import pathlib
 import signal
 import time
@@ -25,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from rsjax import checkpoint, losses, models, monitor, preemption, progress, sharding
+from rsjax import checkpoint, locks, losses, models, monitor, preemption, progress, sharding
 
 
 class TrainState(NamedTuple):
@@ -217,6 +218,7 @@ def fit(
     lr_warmup_epochs: float = 0,
     clip_norm: float | None = None,
     fail_on_collapse: bool = False,
+    on_start: Callable[[], None] | None = None,
 ) -> TrainState:
     """Trains `model_name` on (images, labels) with noise-augmented `loss`; resumes from `workdir`.
 
@@ -251,9 +253,13 @@ def fit(
         Without it, an rsjax.monitor.CollapseWarning is emitted and training goes on. Either way
         the epoch's metrics record gets `collapsed` and `collapse_reason`.
         Without eval_images no collapse detection is possible: nothing is checked.
+      on_start: called once the workdir is locked and its checks have passed, before anything is
+        written (train_loop's on_start: where a script records the run's config).
     Returns:
       The final TrainState (device arrays).
     Raises:
+      rsjax.locks.OutputLockedError, ValueError (a different run in workdir),
+        rsjax.checkpoint.CorruptedCheckpointError: see train_loop; nothing is written.
       NonFiniteLossError: a non-finite loss, loss term or gradient norm (the message names the
         first such step and its terms); the last good checkpoint is kept, nothing later is saved.
       rsjax.monitor.CollapseError: see fail_on_collapse.
@@ -343,6 +349,7 @@ def fit(
         name=f"train {model_name}",
         eval_fn=evaluate,
         fail_on_collapse=fail_on_collapse,
+        on_start=on_start,
     )
 
 
@@ -375,13 +382,20 @@ def train_loop(
     name: str = "train",
     eval_fn: Callable[[TrainState], dict | None] | None = None,
     fail_on_collapse: bool = False,
+    on_start: Callable[[], None] | None = None,
 ) -> TrainState:
     """The resumable training loop shared by every kind of model rsjax trains (classifiers,
     denoisers, classifiers on a denoiser): batches, checkpoints, metrics, progress, resume.
 
     Args:
-      workdir: checkpoints go to workdir/checkpoints, metrics to workdir/metrics.jsonl. A newest
-        checkpoint there is resumed from, after checking that its meta equals `meta`.
+      workdir: checkpoints go to workdir/checkpoints, metrics to workdir/metrics.jsonl. The primary
+        process holds workdir's lock (rsjax.locks.exclusive, the file workdir/.rsjax.lock) for the
+        whole run: one writer per workdir. A checkpoint there is resumed from, after checking that
+        its meta equals `meta`: the newest intact one (rsjax.checkpoint digests); newer corrupted
+        steps are set aside as `N.corrupted` with a rsjax.checkpoint.CorruptedCheckpointWarning.
+        metrics.jsonl then keeps only its records up to the resumed step (none on a fresh start),
+        so no step is logged twice; every checkpoint's step ends a record, so a resumed run's
+        records are those of an uninterrupted one (but for images_per_s).
       state: the freshly initialised TrainState (its structure is what is restored).
       train_step: jitted step(state, batch, train_key) -> (state, metrics) (`make_train_step`).
       meta: JSON-able description of the run, saved with every checkpoint.
@@ -392,9 +406,16 @@ def train_loop(
         holds `collapsed: True`, its `collapse_reason` is shown and a rsjax.monitor.CollapseWarning
         emitted, or, with fail_on_collapse, the epoch's checkpoint is saved and
         rsjax.monitor.CollapseError raised.
+      on_start: called once, on the primary process, after the lock is taken and the workdir's
+        checks have passed and before training writes anything: a script writes its record of the
+        run (config.json) here, so that a refused run changes no file.
     Returns:
       The final TrainState.
     Raises:
+      rsjax.locks.OutputLockedError: another process is training in workdir (raised at once,
+        naming the lock's path and the holder's process id; nothing is written).
+      ValueError: workdir holds a different run (its meta differs from `meta`; nothing is written).
+      rsjax.checkpoint.CorruptedCheckpointError: steps are saved but none is intact.
       rsjax.preemption.TrainingInterrupted: SIGTERM or SIGINT arrived; the step in progress was
         finished, the metrics since the last log line logged and the step's checkpoint saved.
       NonFiniteLossError: a non-finite metric (loss, loss term, grad_norm) of any step, found when
@@ -408,10 +429,117 @@ def train_loop(
     num_examples = images.shape[0]
     steps_per_epoch = _steps_per_epoch(num_examples, batch_size, mesh)
     total_steps = epochs * steps_per_epoch
-    start = checkpoint.latest_step(ckpt_dir)
-    if start is not None:
-        _, saved_meta = checkpoint.restore_meta(ckpt_dir, start)
-        # Keys written only when not at their default (earlier runs lack them) compare as the default.
+    workdir.mkdir(parents=True, exist_ok=True)
+    with locks.exclusive(workdir) if sharding.is_primary() else contextlib.nullcontext():
+        state = _resume(workdir, state, meta)
+        if sharding.is_primary():
+            _drop_metrics_after(workdir / "metrics.jsonl", int(state.step))
+            if on_start is not None:
+                on_start()
+        state, train_key = sharding.replicate(mesh, (state, train_key))
+        step = int(sharding.gather(state.step))
+        last = total_steps if stop_after_step is None else min(total_steps, stop_after_step)
+        bar = (
+            progress.Progress(last, name, unit="step", done=step)
+            if show_progress and sharding.is_primary()
+            else None
+        )
+        window = []
+        t0, seen = time.perf_counter(), 0
+        with (
+            _primary_open(workdir / "metrics.jsonl") as metrics_file,
+            preemption.stop_requests() as stop,
+        ):
+
+            def stop_here():  # a signal asked to stop: log the unlogged steps, save this one, raise
+                if window:
+                    _log(metrics_file, window, step, epoch, seen / (time.perf_counter() - t0))
+                if checkpoint.latest_step(ckpt_dir) != step:
+                    _save(ckpt_dir, state, meta, max_to_keep)
+                raise preemption.TrainingInterrupted(
+                    stop[0],
+                    f"{signal.Signals(stop[0]).name} received: stopped after step {step} and "
+                    f"saved its checkpoint in {ckpt_dir}; rerun the same command to resume",
+                )
+
+            while step < last:
+                epoch, position = divmod(step, steps_per_epoch)
+                order = epoch_order(data_key, epoch, num_examples)
+                while position < steps_per_epoch and step < last:
+                    rows = order[position * batch_size : (position + 1) * batch_size]
+                    if labels is None:
+                        (image,) = sharding.shard_batch(mesh, images[rows])
+                        batch = {"image": image}
+                    else:
+                        batch = dict(
+                            zip(
+                                ("image", "label"),
+                                sharding.shard_batch(
+                                    mesh, images[rows], labels[rows].astype(np.int32)
+                                ),
+                                strict=True,
+                            )
+                        )
+                    state, metrics = train_step(state, batch, train_key)
+                    step, position, seen = step + 1, position + 1, seen + batch_size
+                    window.append(metrics)
+                    saving = checkpoint_every and step % checkpoint_every == 0 and step < last
+                    # A checkpoint's step ends a record, so that a run resumed there logs the
+                    # records of an uninterrupted run. _log raises on a NaN: no state that followed
+                    # one is saved.
+                    if step % log_every == 0 or step == last or saving:
+                        record = _log(
+                            metrics_file, window, step, epoch, seen / (time.perf_counter() - t0)
+                        )
+                        window = []
+                        if bar:
+                            bar.update(0, extra=_loss_terms(record))
+                    if saving:
+                        _save(ckpt_dir, state, meta, max_to_keep)
+                    if bar:
+                        bar.update(1)
+                    if stop and position < steps_per_epoch:  # an epoch's end: after its evaluation
+                        stop_here()
+                evaluation = None
+                if eval_fn and position == steps_per_epoch:
+                    # NaN parameters would vote for class 0: no collapse
+                    _check_finite(window, step)
+                    evaluation = eval_fn(state)
+                if evaluation:
+                    record = {"step": step, "epoch": epoch + 1, **evaluation}
+                    if metrics_file is not None:
+                        metrics_file.write(json.dumps(record) + "\n")
+                        metrics_file.flush()
+                    if bar:
+                        shown = " ".join(
+                            f"{k} {v:.4g}" for k, v in evaluation.items() if isinstance(v, float)
+                        )
+                        if evaluation.get("collapsed"):
+                            shown += f" COLLAPSED: {evaluation.get('collapse_reason')}"
+                        bar.update(0, extra=f"epoch {epoch + 1} held-out {shown}")
+                    if evaluation.get("collapsed"):
+                        if fail_on_collapse and window:  # the checkpoint's step ends a record
+                            _log(
+                                metrics_file, window, step, epoch, seen / (time.perf_counter() - t0)
+                            )
+                            window = []
+                        _collapsed(ckpt_dir, state, meta, max_to_keep, record, fail_on_collapse)
+                if stop and step < last:
+                    stop_here()
+        if checkpoint.latest_step(ckpt_dir) != step:
+            _save(ckpt_dir, state, meta, max_to_keep)
+        return state
+
+
+def _resume(workdir: pathlib.Path, state: TrainState, meta: dict) -> TrainState:
+    """The state of the newest intact checkpoint of workdir (`state` when none is saved), after
+    checking that the run's meta equals `meta`; the newer corrupted steps are set aside (by the
+    primary process, once every process has read the checkpoints) with a warning each."""
+    ckpt_dir = workdir / "checkpoints"
+
+    def check_meta(saved_meta):
+        # Keys written only when not at their default (earlier runs lack them) compare as the
+        # default.
         defaults = {"microbatches": 1, "lr_warmup_epochs": 0, "clip_norm": None}
         saved, wanted = {**defaults, **saved_meta}, {**defaults, **meta}
         mismatched = {k: (saved.get(k), v) for k, v in wanted.items() if saved.get(k) != v}
@@ -420,99 +548,61 @@ def train_loop(
                 f"{workdir} holds a different run (saved vs requested: {mismatched}); "
                 "use a fresh workdir"
             )
-        _, model_vars, train_vars = checkpoint.restore(
-            ckpt_dir, start, model_like=_model_item(state), train_like=_train_item(state)
-        )
-        state = TrainState(
-            train_vars["step"],
-            model_vars["params"],
-            model_vars["batch_stats"],
-            train_vars["opt_state"],
-        )
-    workdir.mkdir(parents=True, exist_ok=True)
 
-    state, train_key = sharding.replicate(mesh, (state, train_key))
-    step = int(sharding.gather(state.step))
-    last = total_steps if stop_after_step is None else min(total_steps, stop_after_step)
-    bar = (
-        progress.Progress(last, name, unit="step", done=step)
-        if show_progress and sharding.is_primary()
-        else None
+    restored = checkpoint.restore_newest_intact(
+        ckpt_dir,
+        model_like=_model_item(state),
+        train_like=_train_item(state),
+        check_meta=check_meta,
     )
-    window = []
-    t0, seen = time.perf_counter(), 0
-    with (
-        _primary_open(workdir / "metrics.jsonl") as metrics_file,
-        preemption.stop_requests() as stop,
-    ):
+    if restored is None:
+        return state
+    if restored.skipped:
+        _sync_processes("rsjax.train: checkpoints read")
+        if sharding.is_primary():
+            for step, problem in sorted(restored.skipped.items()):
+                moved = checkpoint.set_aside(ckpt_dir, step)
+                warnings.warn(
+                    f"checkpoint {ckpt_dir} step {step} {problem}; resuming from step "
+                    f"{restored.step}, the newest intact step (the corrupted one is set aside as "
+                    f"{moved})",
+                    checkpoint.CorruptedCheckpointWarning,
+                    stacklevel=3,
+                )
+        _sync_processes("rsjax.train: corrupted steps set aside")
+    return TrainState(
+        restored.train["step"],
+        restored.model["params"],
+        restored.model["batch_stats"],
+        restored.train["opt_state"],
+    )
 
-        def stop_here():  # a signal asked to stop: log the unlogged steps, save this one, raise
-            if window:
-                _log(metrics_file, window, step, epoch, seen / (time.perf_counter() - t0))
-            if checkpoint.latest_step(ckpt_dir) != step:
-                _save(ckpt_dir, state, meta, max_to_keep)
-            raise preemption.TrainingInterrupted(
-                stop[0],
-                f"{signal.Signals(stop[0]).name} received: stopped after step {step} and saved its "
-                f"checkpoint in {ckpt_dir}; rerun the same command to resume",
-            )
 
-        while step < last:
-            epoch, position = divmod(step, steps_per_epoch)
-            order = epoch_order(data_key, epoch, num_examples)
-            while position < steps_per_epoch and step < last:
-                rows = order[position * batch_size : (position + 1) * batch_size]
-                if labels is None:
-                    (image,) = sharding.shard_batch(mesh, images[rows])
-                    batch = {"image": image}
-                else:
-                    batch = dict(
-                        zip(
-                            ("image", "label"),
-                            sharding.shard_batch(mesh, images[rows], labels[rows].astype(np.int32)),
-                            strict=True,
-                        )
-                    )
-                state, metrics = train_step(state, batch, train_key)
-                step, position, seen = step + 1, position + 1, seen + batch_size
-                window.append(metrics)
-                if step % log_every == 0 or step == last:
-                    record = _log(
-                        metrics_file, window, step, epoch, seen / (time.perf_counter() - t0)
-                    )
-                    window = []
-                    if bar:
-                        bar.update(0, extra=_loss_terms(record))
-                if checkpoint_every and step % checkpoint_every == 0 and step < last:
-                    _check_finite(window, step)  # never save a state that followed a NaN
-                    _save(ckpt_dir, state, meta, max_to_keep)
-                if bar:
-                    bar.update(1)
-                if stop and position < steps_per_epoch:  # an epoch's end: after its evaluation
-                    stop_here()
-            evaluation = None
-            if eval_fn and position == steps_per_epoch:
-                _check_finite(window, step)  # NaN parameters would vote for class 0: no collapse
-                evaluation = eval_fn(state)
-            if evaluation:
-                record = {"step": step, "epoch": epoch + 1, **evaluation}
-                if metrics_file is not None:
-                    metrics_file.write(json.dumps(record) + "\n")
-                    metrics_file.flush()
-                if bar:
-                    shown = " ".join(
-                        f"{k} {v:.4g}" for k, v in evaluation.items() if isinstance(v, float)
-                    )
-                    if evaluation.get("collapsed"):
-                        shown += f" COLLAPSED: {evaluation.get('collapse_reason')}"
-                    bar.update(0, extra=f"epoch {epoch + 1} held-out {shown}")
-                if evaluation.get("collapsed"):
-                    _collapsed(ckpt_dir, state, meta, max_to_keep, record, fail_on_collapse)
-            if stop and step < last:
-                stop_here()
-    if checkpoint.latest_step(ckpt_dir) != step:
-        _save(ckpt_dir, state, meta, max_to_keep)
-    return state
+def _sync_processes(name: str):
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
+def _drop_metrics_after(path: pathlib.Path, step: int):
+    """Truncates metrics.jsonl after its last record of a step <= `step` (the one training resumes
+    from), so that the steps a killed run logged past its checkpoint are not logged twice. The kept
+    records stay in place (a truncation at a byte offset); a torn last line is dropped too."""
+    if not path.exists():
+        return
+    keep = 0
+    with open(path, "rb") as f:
+        for line in f:
+            try:
+                record = json.loads(line)
+            except ValueError:
+                break
+            if not line.endswith(b"\n") or record.get("step", 0) > step:
+                break
+            keep += len(line)
+    if keep < path.stat().st_size:
+        os.truncate(path, keep)
 
 
 def _collapsed(ckpt_dir, state, meta, max_to_keep, record, fail):
@@ -614,9 +704,17 @@ def _save(ckpt_dir, state, meta, max_to_keep):
     )
 
 
+CERTIFY_OLDER = "pass --step {step} to certify an older one"
+
+
 def load_for_eval(ckpt_dir, step: int | None = None):
-    """(model, variables, meta, step) from a training checkpoint, for certification."""
-    step, meta = checkpoint.restore_meta(ckpt_dir, step)
+    """(model, variables, meta, step) from a training checkpoint, for certification.
+
+    Raises rsjax.checkpoint.CorruptedCheckpointError when the step fails its digest check (a
+    corrupted file would otherwise be certified as the trained model), naming the intact steps and
+    the `--step` that certifies the newest of them.
+    """
+    step, meta = checkpoint.restore_meta(ckpt_dir, step, hint=CERTIFY_OLDER)
     for field in ("model", "num_classes", "input_shape", "dataset"):
         if field not in meta:
             raise checkpoint.CheckpointError(f"checkpoint {ckpt_dir} metadata lacks {field!r}")
@@ -625,7 +723,7 @@ def load_for_eval(ckpt_dir, step: int | None = None):
     )
     like = models.init_variables(model, jax.random.key(0), meta["input_shape"])
     like = {"params": like["params"], "batch_stats": like.get("batch_stats", {})}
-    step, variables, _ = checkpoint.restore(ckpt_dir, step, model_like=like)
+    step, variables, _ = checkpoint.restore(ckpt_dir, step, model_like=like, hint=CERTIFY_OLDER)
     if not variables["batch_stats"]:
         variables = {"params": variables["params"]}
     return model, variables, meta, step

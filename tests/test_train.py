@@ -1,8 +1,14 @@
 """Gaussian-augmentation training: loss, resume to bit-identical parameters, NaN stop, checkpoints."""
 
+import contextlib
+import importlib.util
 import json
 import os
+import pathlib
+import re
 import signal
+import subprocess
+import sys
 import threading
 import time
 import warnings
@@ -12,8 +18,19 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from test_checkpoint import flip_one_bit
 
-from rsjax import checkpoint, losses, models, monitor, preemption, sharding, train
+from rsjax import (
+    checkpoint,
+    empirical_bayes,
+    locks,
+    losses,
+    models,
+    monitor,
+    preemption,
+    sharding,
+    train,
+)
 
 
 def _data(n=96, seed=0):
@@ -64,9 +81,26 @@ def test_gaussian_loss_matches_naive_loop():
     assert 0.4 < np.std(noisy - np.repeat(np.asarray(x), 4, axis=0)) < 0.6
 
 
-def test_resume_is_bit_identical(tmp_path):
+def _records(workdir):
+    return [json.loads(line) for line in open(workdir / "metrics.jsonl")]
+
+
+def _without_timing(records):
+    return [{k: v for k, v in r.items() if k != "images_per_s"} for r in records]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """(final state, metrics records) of the uninterrupted run of FIT: 18 steps, checkpoints every
+    4, a record every 3 steps and at every checkpoint."""
+    workdir = tmp_path_factory.mktemp("uninterrupted")
     images, labels = _data()
-    full = _fit(tmp_path / "full", images, labels)
+    return _fit(workdir, images, labels), _records(workdir)
+
+
+def test_resume_is_bit_identical(tmp_path, uninterrupted):
+    images, labels = _data()
+    full, _ = uninterrupted
     _fit(tmp_path / "cut", images, labels, stop_after_step=7)  # killed after step 7 ...
     assert checkpoint.latest_step(tmp_path / "cut" / "checkpoints") == 7
     resumed = _fit(tmp_path / "cut", images, labels)  # ... and rerun with the same arguments
@@ -141,8 +175,135 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
 def test_other_run_in_workdir_is_refused(tmp_path):
     images, labels = _data()
     _fit(tmp_path / "run", images, labels, stop_after_step=2)
+    before = _files(tmp_path / "run")
     with pytest.raises(ValueError, match="different run"):
-        _fit(tmp_path / "run", images, labels, sigma=0.5)
+        _fit(tmp_path / "run", images, labels, sigma=0.5, on_start=pytest.fail)
+    assert _files(tmp_path / "run") == before  # a refused run writes nothing
+
+
+def _files(workdir) -> dict:
+    """{path: bytes} of every file of a workdir but its lock file (the holder's process id)."""
+    return {
+        str(p.relative_to(workdir)): p.read_bytes()
+        for p in sorted(workdir.rglob("*"))
+        if p.is_file() and p.name != ".rsjax.lock"
+    }
+
+
+def test_a_killed_run_resumes_without_logging_a_step_twice(tmp_path, monkeypatch, uninterrupted):
+    """Killed during step 11, the run had logged step 9, past its checkpoint of step 8 (and half
+    a line): the rerun drops those records, and its metrics.jsonl equals the uninterrupted run's."""
+    images, labels = _data()
+    make_step = train.make_train_step
+
+    def make_dying_step(*args, **kwargs):
+        step_fn = make_step(*args, **kwargs)
+
+        def step(state, batch, key):
+            if int(state.step) == 10:
+                raise RuntimeError("killed")
+            return step_fn(state, batch, key)
+
+        return step
+
+    monkeypatch.setattr(train, "make_train_step", make_dying_step)
+    with pytest.raises(RuntimeError, match="killed"):
+        _fit(tmp_path, images, labels)
+    assert checkpoint.latest_step(tmp_path / "checkpoints") == 8
+    assert [r["step"] for r in _records(tmp_path)] == [3, 4, 6, 8, 9]
+    with open(tmp_path / "metrics.jsonl", "a") as f:
+        f.write('{"loss": 0.1, "st')  # torn by the kill
+    monkeypatch.setattr(train, "make_train_step", make_step)
+    resumed = _fit(tmp_path, images, labels)
+    full, full_records = uninterrupted
+    records = _records(tmp_path)
+    assert [r["step"] for r in records] == [3, 4, 6, 8, 9, 12, 15, 16, 18]  # unique, increasing
+    assert _without_timing(records) == _without_timing(full_records)
+    for a, b in zip(jax.tree.leaves(full), jax.tree.leaves(resumed), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_dropping_metrics_after_the_resumed_step_keeps_the_earlier_bytes(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    lines = [json.dumps({"loss": 0.5, "step": s}) + "\n" for s in (3, 4, 6, 8, 8, 9)]
+    path.write_text("".join(lines) + '{"loss": 0.1, "st')
+    train._drop_metrics_after(path, 9)  # only the torn line goes
+    assert path.read_text() == "".join(lines)
+    train._drop_metrics_after(path, 8)
+    assert path.read_text() == "".join(lines[:5])
+    train._drop_metrics_after(path, 0)  # a fresh start (no checkpoint) logs from step 1
+    assert path.read_text() == ""
+
+
+def test_training_resumes_from_the_newest_intact_step_and_certification_refuses_it(
+    tmp_path, uninterrupted
+):
+    images, labels = _data()
+    _fit(tmp_path, images, labels, stop_after_step=12)  # checkpoints of steps 4, 8 and 12
+    ckpt_dir = tmp_path / "checkpoints"
+    flip_one_bit(ckpt_dir / "12")
+    with pytest.raises(checkpoint.CorruptedCheckpointError) as refused:
+        train.load_for_eval(ckpt_dir)
+    assert str(refused.value) == (
+        f"checkpoint {ckpt_dir} step 12 is corrupted (digest mismatch in 'model'); intact steps: "
+        "[4, 8]; pass --step 8 to certify an older one"
+    )
+    with pytest.raises(checkpoint.CorruptedCheckpointError, match="pass --step 8 to certify"):
+        empirical_bayes.load_for_eval(ckpt_dir)  # what experiments/certify.py calls
+    assert train.load_for_eval(ckpt_dir, 8)[3] == 8
+    with pytest.warns(
+        checkpoint.CorruptedCheckpointWarning,
+        match=r"step 12 is corrupted \(digest mismatch in 'model'\); resuming from step 8",
+    ):
+        resumed = _fit(tmp_path, images, labels)
+    assert (ckpt_dir / "12.corrupted").is_dir() and checkpoint.all_steps(ckpt_dir)[-1] == 18
+    full, full_records = uninterrupted
+    for a, b in zip(jax.tree.leaves(full), jax.tree.leaves(resumed), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert _without_timing(_records(tmp_path)) == _without_timing(full_records)
+
+
+HOLD_LOCK = """
+import importlib.util, sys
+spec = importlib.util.spec_from_file_location("locks", sys.argv[1])
+locks = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(locks)
+with locks.exclusive(sys.argv[2]):
+    print("held", flush=True)
+    sys.stdin.read()
+"""
+
+
+@contextlib.contextmanager
+def held_by_another_process(workdir):
+    """A second process (importing rsjax/locks.py alone, not jax) holds workdir's lock for the
+    block; yields its process id."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, locks.__file__, str(workdir)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline() == "held\n"
+        yield holder.pid
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=60)
+
+
+def test_a_second_training_in_the_workdir_is_refused_and_writes_nothing(tmp_path):
+    images, labels = _data()
+    _fit(tmp_path, images, labels, stop_after_step=2)
+    before = _files(tmp_path)
+    with held_by_another_process(tmp_path) as pid:
+        with pytest.raises(
+            locks.OutputLockedError, match=rf"{re.escape(str(tmp_path))} .*process id {pid}\b"
+        ):
+            _fit(tmp_path, images, labels, stop_after_step=4, on_start=pytest.fail)
+    assert _files(tmp_path) == before
+    # The holder gone, its lock went with it: the run goes on.
+    assert int(_fit(tmp_path, images, labels, stop_after_step=4).step) == 4
 
 
 def test_batch_size_checks(tmp_path):
@@ -449,9 +610,10 @@ def test_sigterm_saves_the_step_in_progress_and_the_rerun_resumes_bit_identicall
     assert signal.getsignal(signal.SIGTERM) is before  # the handler is put back
     assert checkpoint.latest_step(tmp_path / "cut" / "checkpoints") == signalled  # saved every 4
     logged = [json.loads(line) for line in open(tmp_path / "cut" / "metrics.jsonl")]
-    # Every step up to the signalled one is logged (log_every = 3: the last window is short),
-    # and an epoch's last step stops only after that epoch's held-out evaluation.
-    assert [r["step"] for r in logged if "loss" in r] == [3, signalled]
+    # Every step up to the signalled one is logged (log_every = 3, and the checkpoint of step 4
+    # ends a window: the last window is short), and an epoch's last step stops only after that
+    # epoch's held-out evaluation.
+    assert [r["step"] for r in logged if "loss" in r] == [3, 4, signalled]
     evaluations = [r["step"] for r in logged if "smoothed_accuracy" in r]
     assert evaluations == ([6] if signalled == 6 else [])
     monkeypatch.setattr(train, "make_train_step", make_step)
@@ -481,3 +643,41 @@ def test_stop_requests_outside_the_main_thread_installs_nothing():
             os.kill(os.getpid(), signal.SIGINT)
             time.sleep(0.05)
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+TINY_CONFIG = """
+def get_config(smoke=False, sigma=0.25):
+    return dict(dataset="mnist5k", holdout_every=10, model="linear", loss="gaussian", sigma=sigma,
+                k=1, loss_options={}, epochs=1, batch_size=500, learning_rate=0.05, momentum=0.9,
+                weight_decay=0.0, schedule="cosine", decay_every_epochs=0, seed=0,
+                checkpoint_every=0)
+"""
+
+
+def test_train_script_changes_no_file_when_the_rerun_is_refused(tmp_path):
+    """experiments/train.py writes config.json only once the workdir is locked and checked: a rerun
+    with other settings, or beside another training, leaves every file of the run as it was."""
+    experiments = pathlib.Path(__file__).parents[1] / "experiments"
+    sys.path.insert(0, str(experiments))
+    try:
+        spec = importlib.util.spec_from_file_location("train_script", experiments / "train.py")
+        script = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(script)
+    finally:
+        sys.path.remove(str(experiments))
+    config = tmp_path / "tiny.py"
+    config.write_text(TINY_CONFIG)
+    workdir = tmp_path / "run"
+    args = ["--config", str(config), "--workdir", str(workdir), "--stop-after-step", "1"]
+    script.main(args)
+    before = _files(workdir)
+    assert {"config.json", "metrics.jsonl"} <= set(before)
+    with pytest.raises(ValueError, match="different run"):
+        script.main(["--config", f"{config}:sigma=0.5", *args[2:]])
+    assert _files(workdir) == before
+    # --smoke (the same settings for this config; config.json would record smoke: true) and 2 steps.
+    with held_by_another_process(workdir), pytest.raises(locks.OutputLockedError):
+        script.main([*args[:-1], "2", "--smoke"])
+    assert _files(workdir) == before
+    script.main([*args[:-1], "2", "--smoke"])  # and without the other process, it runs
+    assert json.loads((workdir / "config.json").read_text())["smoke"] is True
