@@ -156,3 +156,21 @@ def test_checkpoints_without_digests_restore_unchecked(tmp_path):
     step, model, train = checkpoint.restore(tmp_path, None, model_like=BIG, train_like=BIG_TRAIN)
     assert step == 1 and int(train["step"]) == 3
     np.testing.assert_array_equal(model["params"]["w"], BIG["params"]["w"] + 1)
+
+
+def test_resuming_refuses_when_no_step_is_intact_and_checks_the_meta_first(tmp_path):
+    for step in (1, 2):
+        _save_big(tmp_path, step)
+        flip_one_bit(tmp_path / str(step))
+    with pytest.raises(checkpoint.CorruptedCheckpointError, match="no intact step remains"):
+        checkpoint.restore_newest_intact(tmp_path, model_like=BIG, train_like=BIG_TRAIN)
+
+    def other_run(meta):
+        raise ValueError(f"a different run: {meta}")
+
+    # Another model's structure would fail to read every step: the meta check speaks first.
+    wrong = {"params": {"v": jnp.zeros(3)}, "batch_stats": {}}
+    with pytest.raises(ValueError, match="a different run: {'model': 'x'}"):
+        checkpoint.restore_newest_intact(
+            tmp_path, model_like=wrong, train_like=BIG_TRAIN, check_meta=other_run
+        )
