@@ -63,3 +63,40 @@ def run_quick(tmp_path):
         return out.stdout, [json.loads(line) for line in out_file.read_text().splitlines()]
 
     return run
+
+
+@pytest.fixture
+def check_certification_tsv():
+    """check(path, *, key, logits_fn, params, images, labels, rows=3, **certify_kwargs): reads a
+    certification TSV that a script wrote and asserts what every row must satisfy (radius exactly 0
+    where predict is -1 and > 0 elsewhere; correct = predict == label; label = labels[idx]), then that
+    its first `rows` rows equal rsjax.certify on the same key and dataset indices: the same
+    prediction, and the radius rounded down to 3 significant digits. Returns the rows."""
+    import math
+
+    import numpy as np
+
+    import rsjax
+
+    def check(path, *, key, logits_fn, params, images, labels, rows=3, **certify_kwargs):
+        lines = pathlib.Path(path).read_text().splitlines()
+        assert lines[0].split("\t")[:6] == ["idx", "label", "predict", "radius", "correct", "time"]
+        table = [line.split("\t") for line in lines[1:] if line]
+        for row in table:
+            idx, label, predict, radius = int(row[0]), int(row[1]), int(row[2]), float(row[3])
+            assert label == int(labels[idx]), row
+            assert (radius == 0.0) == (predict == rsjax.ABSTAIN), row
+            assert radius >= 0.0 and int(row[4]) == int(predict == label), row
+        idx = np.array([int(row[0]) for row in table[:rows]])
+        cert = rsjax.certify(key, logits_fn, images[idx], params=params, idx=idx, **certify_kwargs)
+        for row, prediction, radius in zip(table, cert.prediction, cert.radius, strict=False):
+            assert int(row[2]) == prediction, (row, prediction)
+            written = float(row[3])
+            if radius == 0.0:
+                assert written == 0.0, (row, radius)
+            else:
+                unit = 10.0 ** (math.floor(math.log10(radius)) - 2)
+                assert written <= radius < written + unit * (1 + 1e-9), (row, radius)
+        return table
+
+    return check

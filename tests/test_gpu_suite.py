@@ -53,6 +53,7 @@ def table_rows(stdout):
     return rows
 
 
+@pytest.mark.slow  # 40-45 s on 2 CPU cores; the budget guard below runs the same entry point in CI
 def test_gpu_suite_quick(tmp_path):
     out_file = tmp_path / "r.jsonl"
     stdout = run_suite("--quick", "--out", str(out_file), timeout=300)

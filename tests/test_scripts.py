@@ -1,11 +1,15 @@
 """Smoke runs of the scripts that the other test files do not already run end to end."""
 
+import argparse
 import json
 import os
 import subprocess
 import sys
 
+import jax
 import pytest
+
+from rsjax import models, train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -18,7 +22,10 @@ def _run(*args, timeout=300):
     return out
 
 
-def test_quickstart_smoke(tmp_path):
+def test_quickstart_smoke(tmp_path, check_certification_tsv):
+    """The main job end to end (the one MNIST 5k LeNet training of the default selection), then what
+    it wrote: every TSV row consistent, and the first rows equal to rsjax.certify with the script's
+    certification key on the checkpoint it trained."""
     out = _run("experiments/quickstart.py", "--smoke", "--outdir", str(tmp_path))
     assert "| CERTIFY |" in out.stdout and "| T-CERTIFY |" in out.stdout
     for name in ("cohen.tsv", "tcertify.tsv", "report.md", "run.json", "certified_accuracy.png"):
@@ -26,6 +33,38 @@ def test_quickstart_smoke(tmp_path):
     run = json.loads((tmp_path / "run.json").read_text())
     assert run["results"]["CERTIFY"]["n"] == 10
     assert run["versions"]["jax"] and run["device_kind"]
+
+    sys.path.insert(0, os.path.join(REPO, "experiments"))
+    try:
+        import cli
+        import quickstart
+    finally:
+        sys.path.pop(0)
+    config = cli.load_config(quickstart.CONFIG, smoke=True)
+    no_flags = argparse.Namespace(data_dir=None, data_source_dir=None, download=False)
+    _, test_set = cli.train_and_test(config, no_flags)
+    model, variables, meta, _ = train.load_for_eval(tmp_path / "train" / "checkpoints")
+    certify_key = jax.random.split(jax.random.key(config["seed"]))[1]  # as the script splits it
+    logits_fn = models.make_logits_fn(model)
+    for method in ("cohen", "tcertify"):
+        rows = check_certification_tsv(
+            tmp_path / f"{method}.tsv",
+            key=certify_key,
+            logits_fn=logits_fn,
+            params=variables,
+            images=test_set.images,
+            labels=test_set.labels,
+            sigma=config["sigma"],
+            n0=config["n0"],
+            n=config["n"],
+            alpha=config["alpha"],
+            num_classes=meta["num_classes"],
+            chunk_size=config["chunk_size"],
+            method=method,
+        )
+        assert [int(r[0]) for r in rows] == list(
+            range(0, 10 * config["certify_every"], config["certify_every"])
+        )
     # Rerun: training and certification are complete and are not redone.
     again = _run("experiments/quickstart.py", "--smoke", "--outdir", str(tmp_path))
     assert again.stdout.split("time:")[0] == out.stdout.split("time:")[0]
