@@ -348,12 +348,11 @@ def _run_sequential(
             rate = used / (time.perf_counter() - t_start)
             bar.update(1, extra=f"{rate:,.0f} noise samples/s, {used / finished:,.0f} per img")
 
-    x = check_images(images[todo]) if len(todo) else np.zeros((0,) + images.shape[1:], np.float32)
     sequential.run_slots(
         key,
         logits_fn,
         params,
-        x,
+        _Selected(images, todo),
         votes.check_indices(todo, len(todo)),
         plan,
         num_classes=num_classes,
@@ -374,3 +373,18 @@ def _run_sequential(
                 last_session_noise_samples_per_s=used / wall if wall else None,
             )
         )
+
+
+class _Selected:
+    """images[todo] read on access, so that a lazy dataset (rsjax.imagefolder.FolderImages) is
+    decoded a batch at a time, never whole: x[a:b] is check_images(images[todo[a:b]])."""
+
+    def __init__(self, images, todo):
+        self.images, self.todo = images, np.asarray(todo, np.int64)
+        self.shape = (len(self.todo), *images.shape[1:])
+
+    def __len__(self) -> int:
+        return len(self.todo)
+
+    def __getitem__(self, rows) -> np.ndarray:
+        return check_images(self.images[self.todo[rows]])

@@ -466,6 +466,9 @@ def run_slots(
 ) -> SequentialCertificate:
     """Sequential CERTIFY of x (N, H, W, C) on the device, batch_size images at a time.
 
+    x: an array or an array-like that supports shape and slicing (x[a:b] -> (b - a, H, W, C)
+    float32 in [0, 1]); each image is read twice, for its selection draws and when it enters a slot.
+
     The selection counts of all images come first (n0 draws each). Then each of batch_size slots holds
     one image; one device call draws up to round_size more estimation draws for every slot, counted
     per look interval (votes.count_votes_in_rounds), and the host takes every look those draws
@@ -512,6 +515,9 @@ def run_slots(
         pa_upper=np.ones(size),
     )
     looks = np.asarray(plan.looks, np.int64)
+    # The slots' images stay on the host between rounds: x is read once per image that enters a
+    # slot (x may be a lazy array that decodes on access, e.g. rsjax.imagefolder.FolderImages).
+    held = np.zeros((batch_size, *x.shape[1:]), np.float32)
     slot = np.full(batch_size, -1)  # position in x of each slot's image, -1 when empty
     drawn = np.zeros(batch_size, np.int64)  # estimation draws counted so far
     k = np.zeros(batch_size, np.int64)  # of which for cA
@@ -522,6 +528,7 @@ def run_slots(
     while True:
         for s in np.flatnonzero(slot < 0):
             if queue < size:
+                held[s] = x[queue : queue + 1][0]
                 slot[s], queue = queue, queue + 1
                 entered[s] = time.perf_counter()
                 drawn[s] = k[s] = next_look[s] = 0
@@ -536,7 +543,7 @@ def run_slots(
             key,
             apply_fn,
             params,
-            x[rows],
+            held,  # an empty slot keeps its last image: its draw range is empty
             idx[rows],
             start=start,
             stop=stop,
