@@ -51,3 +51,57 @@ def test_unknown_model_and_bad_classes():
         models.make_model("vgg", num_classes=10)
     with pytest.raises(ValueError, match="num_classes"):
         models.make_model("lenet", num_classes=1)
+
+
+def test_pytorch_architectures_shapes_and_parameter_counts():
+    def count(name, shape):
+        model = models.make_model(name, num_classes=1000 if name == "resnet50" else 10)
+        variables = jax.eval_shape(lambda: models.init_variables(model, jax.random.key(0), shape))
+        logits = jax.eval_shape(models.make_logits_fn(model), variables, jnp.zeros((2, *shape)))
+        assert logits.shape == (2, 1000 if name == "resnet50" else 10)
+        return sum(np.prod(leaf.shape) for leaf in jax.tree.leaves(variables["params"]))
+
+    assert count("resnet50", (224, 224, 3)) == 25_557_032  # torchvision's resnet50()
+    assert count("resnet50", (64, 64, 3)) == 25_557_032  # fully convolutional up to the pool
+    # his CIFAR ResNets have rsjax's layout, only the padding differs
+    assert count("cifar_resnet20", (32, 32, 3)) == count("resnet20", (32, 32, 3)) == 272_474
+    assert count("cifar_resnet110", (32, 32, 3)) == count("resnet110", (32, 32, 3))
+
+
+def test_rsjax_resnets_keep_flax_padding_and_cohen_resnets_pad_as_pytorch():
+    """resnet20/resnet110 (the checkpoints rsjax trained) keep Flax's "SAME" padding; the CIFAR
+    ResNets of Cohen et al. have the same variables (names, shapes, initial values), and their
+    padding changes the logits (tests/test_torch_import.py checks them against PyTorch)."""
+    for depth in (20, 110):
+        ours = models.make_model(f"resnet{depth}", num_classes=10)
+        cohen = models.make_model(f"cifar_resnet{depth}", num_classes=10)
+        assert (ours.padding, cohen.padding) == ("SAME", "SYMMETRIC")
+    ours, cohen = (models.make_model(n, num_classes=10) for n in ("resnet20", "cifar_resnet20"))
+    variables = models.init_variables(ours, jax.random.key(0), (32, 32, 3))
+    cohen_init = models.init_variables(cohen, jax.random.key(0), (32, 32, 3))
+    jax.tree.map(np.testing.assert_array_equal, variables, cohen_init)
+    x = jax.random.uniform(jax.random.key(1), (2, 32, 32, 3))
+    assert not np.allclose(ours.apply(variables, x), cohen.apply(variables, x), rtol=1e-3)
+    with pytest.raises(ValueError, match="padding must be one of"):
+        models.CifarResNet(num_classes=10, padding="REFLECT").init(
+            jax.random.key(0), jnp.zeros((1, 32, 32, 3))
+        )
+
+
+def test_cohen_architectures_normalise_with_his_constants():
+    # his datasets.py: CIFAR-10 std (0.2023, 0.1994, 0.2010), not rsjax's (0.2470, ...)
+    cohen = models.make_model("cifar_resnet20", num_classes=10, dataset="cifar10")
+    ours = models.make_model("resnet20", num_classes=10, dataset="cifar10")
+    assert tuple(cohen.std) == (0.2023, 0.1994, 0.2010) and tuple(ours.std) == (
+        0.2470,
+        0.2435,
+        0.2616,
+    )
+    assert tuple(cohen.mean) == tuple(ours.mean) == (0.4914, 0.4822, 0.4465)
+    imagenet = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    assert models.normalization("resnet50", "imagenet") == imagenet
+    assert models.normalization("lenet", "imagenet") == imagenet
+    # datasets he did not use fall back to rsjax's constants
+    assert models.normalization("resnet50", "mnist") == models.NORMALIZATION["mnist"]
+    with pytest.raises(ValueError, match="no normalisation statistics for dataset 'svhn'"):
+        models.make_model("cifar_resnet20", num_classes=10, dataset="svhn")
