@@ -243,7 +243,18 @@ def _torch_load(path: pathlib.Path):
                 "data; rsjax reads PyTorch checkpoints with torch.load(weights_only=True) and never "
                 "runs code from a file (a pickled nn.Module must be re-saved as its state_dict)"
             ) from None
-        first = next((line for line in message.splitlines() if line.strip()), type(e).__name__)
+        lines = [line.strip() for line in message.splitlines() if line.strip()]
+        if message.startswith("Weights only load failed"):  # refused, but not for a global
+            detail = message.split("WeightsUnpickler error:")[-1].split("Check the documentation")[
+                0
+            ]
+            detail = " ".join(detail.split()) or lines[0]
+            raise CheckpointImportError(
+                f"refused {path}: its pickle holds more than tensor data, which "
+                f"torch.load(weights_only=True) does not build ({detail}); rsjax never runs code "
+                "from a file"
+            ) from None
+        first = lines[0] if lines else type(e).__name__
         raise CheckpointImportError(
             f"{path} is not a readable PyTorch checkpoint ({type(e).__name__}: {first})"
         ) from None

@@ -10,6 +10,7 @@ import pathlib
 import pickle
 import subprocess
 import sys
+import zipfile
 
 import jax
 import numpy as np
@@ -430,6 +431,20 @@ def test_a_pickle_that_calls_a_function_is_refused(tmp_path, legacy):
     with pytest.raises(torch_import.CheckpointImportError, match=r"refused .*system"):
         torch_import.load_checkpoint(path)
     assert not marker.exists()
+    if not legacy:  # INST, an opcode weights_only refuses: plain pickle would run os.system
+        source = tmp_path / "plain.pth"
+        torch.save({"state_dict": {"w": torch.zeros(1)}}, source)
+        with zipfile.ZipFile(source) as zin, zipfile.ZipFile(path, "w") as zout:
+            for item in zin.infolist():
+                payload = zin.read(item.filename)
+                if item.filename.endswith("/data.pkl"):
+                    payload = f"(S'touch {marker}'\nios\nsystem\n.".encode()
+                zout.writestr(item, payload)
+        with pytest.raises(
+            torch_import.CheckpointImportError, match="refused .*Unsupported operand"
+        ):
+            torch_import.load_checkpoint(path, arch="lenet", dataset="mnist")
+        assert not marker.exists()
     torch.save(LeNet(False), path)  # a whole pickled nn.Module: its class would be imported
     with pytest.raises(torch_import.CheckpointImportError, match=r"refused .*LeNet.*state_dict"):
         torch_import.load_checkpoint(path, arch="lenet", dataset="mnist")
