@@ -8,16 +8,28 @@ import importlib.util
 import pathlib
 import sys
 
-from rsjax import checkpoint, data, empirical_bayes, locks, monitor, records, train, votes
+from rsjax import (
+    checkpoint,
+    data,
+    empirical_bayes,
+    imagefolder,
+    locks,
+    monitor,
+    records,
+    train,
+    votes,
+)
 
 # The library's errors whose message is written for people (what is wrong, the path or option to
 # fix it): a script prints it as one line instead of a traceback; --debug shows the traceback.
 KNOWN_ERRORS = (
     checkpoint.CheckpointError,
     data.DatasetNotFoundError,
+    imagefolder.BadImageError,
     locks.OutputLockedError,
     records.RunRecordError,
     votes.NonFiniteLogitsError,
+    train.DifferentRunError,
     train.NonFiniteLossError,
     monitor.CollapseError,
 )
@@ -90,7 +102,8 @@ def add_data_flags(parser: argparse.ArgumentParser) -> None:
         "--data-source-dir",
         default=None,
         help="folder with the raw dataset files (IDX .gz for mnist/fashion_mnist, "
-        "cifar-10-batches-py or its tar.gz for cifar10)",
+        "cifar-10-batches-py or its tar.gz for cifar10, the folder holding val/ for imagenet "
+        "(default $IMAGENET_DIR), the folder holding SPLIT/ for image_folder)",
     )
     parser.add_argument(
         "--download",

@@ -46,6 +46,7 @@ def main(argv=None):
         "show a collapsed classifier, instead of a warning (classifier and xhat configs)",
     )
     cli.add_data_flags(parser)
+    cli.add_debug_flag(parser)
     args = parser.parse_args(argv)
     config = cli.load_config(args.config, smoke=args.smoke)
     if args.fail_on_collapse and config.get("kind", "classifier") == "denoiser":
@@ -90,4 +91,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

@@ -7,8 +7,8 @@ Public entry points (see each docstring for shapes, math and guarantees):
   Smooth                                 Cohen et al.'s Smooth(...).certify / .predict, over these
   ABSTAIN                                the abstention label (-1)
 Modules: bounds, votes, sequential, smooth, sharding, models, losses, attacks, train, monitor,
-preemption, checkpoint, data, rawfiles, analysis, plots, records, runs, progress; score, tweedie,
-empirical_bayes, walkjump (empirical Bayes).
+preemption, checkpoint, locks, data, rawfiles, imagefolder, analysis, plots, records, runs, progress;
+score, tweedie, empirical_bayes, walkjump (empirical Bayes).
 The certification module is rsjax.certify's functions re-exported here (`rsjax.certify` is the function).
 """
 

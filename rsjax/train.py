@@ -179,6 +179,10 @@ def epoch_order(data_key: jax.Array, epoch: int, num_examples: int) -> np.ndarra
     return np.asarray(jax.random.permutation(jax.random.fold_in(data_key, epoch), num_examples))
 
 
+class DifferentRunError(ValueError):
+    """The workdir holds checkpoints of a run with other settings; nothing was written."""
+
+
 class NonFiniteLossError(FloatingPointError):
     """The loss or the gradient became NaN or infinite; the run stopped and kept its last good
     checkpoint."""
@@ -414,7 +418,8 @@ def train_loop(
     Raises:
       rsjax.locks.OutputLockedError: another process is training in workdir (raised at once,
         naming the lock's path and the holder's process id; nothing is written).
-      ValueError: workdir holds a different run (its meta differs from `meta`; nothing is written).
+      DifferentRunError: workdir holds a different run (its meta differs from `meta`; nothing is
+        written).
       rsjax.checkpoint.CorruptedCheckpointError: steps are saved but none is intact.
       rsjax.preemption.TrainingInterrupted: SIGTERM or SIGINT arrived; the step in progress was
         finished, the metrics since the last log line logged and the step's checkpoint saved.
@@ -544,7 +549,7 @@ def _resume(workdir: pathlib.Path, state: TrainState, meta: dict) -> TrainState:
         saved, wanted = {**defaults, **saved_meta}, {**defaults, **meta}
         mismatched = {k: (saved.get(k), v) for k, v in wanted.items() if saved.get(k) != v}
         if mismatched:
-            raise ValueError(
+            raise DifferentRunError(
                 f"{workdir} holds a different run (saved vs requested: {mismatched}); "
                 "use a fresh workdir"
             )
