@@ -8,6 +8,12 @@ Cohen et al.'s certify.py. Killed and rerun with the same arguments, it continue
 after checking every row already written; rerun with a larger --max (all else the same), it extends the
 run. A second run on the same --outdir stops at once (rsjax.locks.OutputLockedError).
 
+A published PyTorch model (Cohen et al.'s checkpoint format) in one command, same indices as his
+certify.py --skip 100:
+
+  python experiments/certify.py --torch-checkpoint models/imagenet/resnet50/noise_0.25/checkpoint.pth.tar \
+      --dataset imagenet --data-source-dir $IMAGENET_DIR --skip 100 --outdir runs/cohen_in_025
+
 Empirical Bayes classifiers (rsjax.empirical_bayes): `--denoiser DIR` certifies the classifier composed
 with that denoiser's xhat, at the denoiser's sigma; an XHAT run's --workdir holds both already;
 `--walk-jump K` adds K Langevin steps before the jump (walk-jump classification).
@@ -20,12 +26,23 @@ import cli
 import jax
 import numpy as np
 
-from rsjax import checkpoint, data, empirical_bayes, records, runs, votes
+from rsjax import checkpoint, data, empirical_bayes, records, runs, torch_import, votes
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--workdir", required=True, help="training run directory (holds checkpoints/)")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--workdir", help="training run directory (holds checkpoints/)")
+    source.add_argument(
+        "--torch-checkpoint",
+        metavar="CKPT",
+        help="a PyTorch checkpoint (Cohen et al.'s format, or an rsjax architecture's state_dict "
+        "with --arch): certified directly, needs the torch extra (experiments/import_torch.py "
+        "writes a copy that certifies without torch)",
+    )
+    p.add_argument(
+        "--arch", default=None, help="--torch-checkpoint: its architecture, if the file names none"
+    )
     p.add_argument("--step", type=int, default=None, help="checkpoint step (default: newest)")
     p.add_argument("--dataset", default=None, help="default: the checkpoint's training dataset")
     p.add_argument("--split", default="test")
@@ -108,8 +125,19 @@ def main(argv=None):
         p.error("--radii and --radius-tol belong to --sequential")
     args.methods = args.methods or ["cohen", "tcertify"]
 
-    ckpt_dir = pathlib.Path(args.workdir) / "checkpoints"
-    if args.denoiser:
+    if args.torch_checkpoint:
+        if args.denoiser or args.walk_jump or args.step is not None:
+            p.error("--denoiser, --walk-jump and --step need an rsjax --workdir")
+        imported = torch_import.load_checkpoint(
+            args.torch_checkpoint, arch=args.arch, dataset=args.dataset
+        )
+        logits_fn, variables, step = imported.logits_fn, imported.variables, None
+        meta = torch_import.to_meta(
+            imported, sigma=torch_import.sigma_from_path(args.torch_checkpoint)
+        )
+        ckpt_dir = pathlib.Path(args.torch_checkpoint)
+    elif args.denoiser:
+        ckpt_dir = pathlib.Path(args.workdir) / "checkpoints"
         logits_fn, variables, meta = empirical_bayes.compose(
             args.workdir, args.denoiser, classifier_step=args.step
         )
@@ -117,8 +145,14 @@ def main(argv=None):
         if args.sigma is not None and args.sigma != meta["sigma"]:
             p.error(f"--sigma {args.sigma} differs from the denoiser's sigma {meta['sigma']}")
     else:
+        ckpt_dir = pathlib.Path(args.workdir) / "checkpoints"
         logits_fn, variables, meta, step = empirical_bayes.load_for_eval(ckpt_dir, args.step)
     dataset = args.dataset or meta["dataset"]
+    if args.sigma is None and "sigma" not in meta:
+        p.error(
+            "the checkpoint records no sigma (an imported model whose path names no noise_S): "
+            "pass --sigma"
+        )
     sigma = meta["sigma"] if args.sigma is None else args.sigma
     walk = {}
     if args.walk_jump:
@@ -169,6 +203,7 @@ def main(argv=None):
         sidecar={
             "checkpoint": str(ckpt_dir.resolve()),
             "checkpoint_step": step,
+            **({"imported_from": meta["imported_from"]} if "imported_from" in meta else {}),
             "chunk_size": args.chunk_size or votes.default_chunk_size(),
             "batch_size": args.batch_size,
             **records.environment(),

@@ -16,6 +16,7 @@ from rsjax import (
     locks,
     monitor,
     records,
+    torch_import,
     train,
     votes,
 )
@@ -29,6 +30,7 @@ KNOWN_ERRORS = (
     locks.OutputLockedError,
     records.RunRecordError,
     votes.NonFiniteLogitsError,
+    torch_import.CheckpointImportError,
     train.DifferentRunError,
     train.NonFiniteLossError,
     monitor.CollapseError,

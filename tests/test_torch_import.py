@@ -5,6 +5,7 @@ serialisations; and the refusals (code in the pickle, wrong keys and shapes, not
 """
 
 import importlib.util
+import json
 import os
 import pathlib
 import pickle
@@ -341,6 +342,25 @@ def test_converted_copy_certifies_without_torch(tmp_path):
     rows = (tmp_path / "cert" / "cohen.tsv").read_text().splitlines()
     assert rows[0].split("\t")[:3] == ["idx", "label", "predict"]
     assert [row.split("\t")[0] for row in rows[1:]] == ["0", "1"]
+
+    # One command from the PyTorch file (--torch-checkpoint): the same rows (but the time column),
+    # and the sidecar names the file by its sha256.
+    direct = subprocess.run(
+        [sys.executable, "experiments/certify.py", "--torch-checkpoint", str(path),
+         "--data-source-dir", str(data_src), "--data-dir", str(tmp_path / "tfds"),
+         "--max", "2", "--n0", "10", "--n", "100", "--methods", "cohen",
+         "--outdir", str(tmp_path / "cert_direct")],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert direct.returncode == 0, direct.stderr[-3000:]
+    tsv = tmp_path / "cert_direct" / "cohen.tsv"
+    direct_rows = tsv.read_text().splitlines()
+    assert [r.split("\t")[:5] for r in direct_rows] == [r.split("\t")[:5] for r in rows]
+    sidecar = json.loads(tsv.with_name("cohen.tsv.json").read_text())
+    assert sidecar["imported_from"]["sha256"] == torch_import._sha256(path)
+    assert sidecar["settings"]["params_sha256"] == json.loads(
+        (tmp_path / "cert" / "cohen.tsv.json").read_text()
+    )["settings"]["params_sha256"]
 
 
 def test_sigma_from_path():
