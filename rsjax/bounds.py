@@ -15,6 +15,7 @@ import math
 import warnings
 
 import numpy as np
+from numpy.typing import ArrayLike
 from scipy import special, stats
 
 
@@ -52,7 +53,7 @@ def _check_counts(k, n):
     return k.astype(np.float64), n.astype(np.float64)
 
 
-def clopper_pearson_lower(k, n, alpha):
+def clopper_pearson_lower(k: ArrayLike, n: ArrayLike, alpha: ArrayLike) -> np.ndarray:
     """One-sided (1 - alpha) Clopper-Pearson lower confidence bound on p from k successes in n.
 
     lower = Beta.ppf(alpha; k, n - k + 1), and 0 when k = 0. With probability >= 1 - alpha over
@@ -73,7 +74,7 @@ def clopper_pearson_lower(k, n, alpha):
     return np.where(k == 0, 0.0, lower)
 
 
-def clopper_pearson_upper(k, n, alpha):
+def clopper_pearson_upper(k: ArrayLike, n: ArrayLike, alpha: ArrayLike) -> np.ndarray:
     """One-sided (1 - alpha) Clopper-Pearson upper confidence bound on p from k successes in n.
 
     upper = Beta.ppf(1 - alpha; k + 1, n - k), and 1 when k = n. With probability >= 1 - alpha over
@@ -88,11 +89,14 @@ def clopper_pearson_upper(k, n, alpha):
     return np.where(k == n, 1.0, upper)
 
 
-def radius(sigma, pa_lower, pb_upper=None):
+def radius(
+    sigma: ArrayLike, pa_lower: ArrayLike, pb_upper: ArrayLike | None = None
+) -> np.ndarray | float:
     """Certified l2 radius R = sigma/2 * (Phi^-1(pA_lower) - Phi^-1(pB_upper)).
 
     With pb_upper = None this is Cohen's R = sigma * Phi^-1(pA_lower) (pB_upper = 1 - pA_lower).
-    Returns float64; the caller decides abstention (R is meaningless unless pA_lower > pB_upper).
+    Returns float64 of the broadcast shape (a numpy float64 scalar when every input is a scalar); the
+    caller decides abstention (R is meaningless unless pA_lower > pB_upper).
     """
     pa_lower = np.asarray(pa_lower, dtype=np.float64)
     if pb_upper is None:
@@ -127,11 +131,11 @@ def warn_if_never_certifies(n: int, alpha: float, *, stacklevel: int = 3) -> boo
     return False
 
 
-def binomial_pvalue_two_sided(na, nb):
+def binomial_pvalue_two_sided(na: ArrayLike, nb: ArrayLike) -> np.ndarray:
     """Two-sided binomial-test p-value of na successes in na + nb trials at p = 1/2.
 
     Uses scipy.stats.binomtest, one example at a time (PREDICT needs it once per example, so this is
-    never a bottleneck). Returns 1.0 where na + nb = 0.
+    never a bottleneck). Returns a float64 array of the broadcast shape, 1.0 where na + nb = 0.
     """
     na, nb = np.broadcast_arrays(np.asarray(na), np.asarray(nb))
     out = np.ones(na.shape, dtype=np.float64)
@@ -158,7 +162,15 @@ def _bisect(f, out, inn, iterations):
     return out
 
 
-def mixture_bounds(k, n, alpha, k0, n0, iterations: int = 60, lower_only: bool = False):
+def mixture_bounds(
+    k: ArrayLike,
+    n: ArrayLike,
+    alpha: float,
+    k0: ArrayLike,
+    n0: ArrayLike,
+    iterations: int = 60,
+    lower_only: bool = False,
+) -> tuple[np.ndarray, np.ndarray | None]:
     """The beta-binomial mixture confidence interval {p : M_n(p) < 1/alpha} (two-sided, so each end
     holds at level alpha at every n at once), prior Beta(k0 + 1/2, n0 - k0 + 1/2).
 

@@ -19,6 +19,7 @@ from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
 import numpy as np
+from numpy.typing import ArrayLike
 
 from rsjax import bounds, sequential, votes
 from rsjax.progress import Progress
@@ -125,8 +126,8 @@ def _select_split(counts0, top, sigma, alpha, n, grid):
 
 
 def certify_from_counts(
-    counts0,
-    counts,
+    counts0: ArrayLike,
+    counts: ArrayLike,
     *,
     sigma: float,
     alpha: float,
@@ -207,7 +208,7 @@ def certify_from_counts(
     )
 
 
-def predict_from_counts(counts, *, alpha: float) -> Prediction:
+def predict_from_counts(counts: ArrayLike, *, alpha: float) -> Prediction:
     """PREDICT from (B, K) class counts of n draws: the top class if the two-sided binomial test of
     nA successes in nA + nB trials at p = 1/2 has p-value <= alpha (nA, nB: top two counts), else ABSTAIN.
 
@@ -230,7 +231,7 @@ def predict_from_counts(counts, *, alpha: float) -> Prediction:
 PIXEL_RANGE = (0.0, 1.0)
 
 
-def check_images(x, input_range: tuple[float, float] | None = PIXEL_RANGE) -> np.ndarray:
+def check_images(x: ArrayLike, input_range: tuple[float, float] | None = PIXEL_RANGE) -> np.ndarray:
     """Validates a batch of images: (B, H, W, C), B >= 1, floating point, finite, in input_range.
 
     rsjax's convention: pixels are floats in [0, 1] (uint8 / 255), sigma is in those units and any
@@ -374,8 +375,8 @@ def _count_streams(
 
 def certify(
     key: jax.Array,
-    logits_fn: Callable,
-    x,
+    logits_fn: Callable[..., jax.Array],
+    x: ArrayLike,
     *,
     sigma: float,
     n0: int,
@@ -386,8 +387,8 @@ def certify(
     chunk_size: int | None = None,
     batch_size: int = 8,
     params: Any = None,
-    idx=None,
-    mesh=None,
+    idx: ArrayLike | None = None,
+    mesh: jax.sharding.Mesh | None = None,
     alpha_split: str = "selection",
     split_grid: Sequence[float] = DEFAULT_SPLIT_GRID,
     sampling: str = "fixed",
@@ -397,7 +398,7 @@ def certify(
     bound: str = "union",
     progress: bool = False,
     input_range: tuple[float, float] | None = PIXEL_RANGE,
-):
+) -> Certificate | sequential.SequentialCertificate:
     """CERTIFY / T-CERTIFY of the Gaussian-smoothed `logits_fn` at every image of x.
 
     Args:
@@ -502,8 +503,8 @@ def certify(
 
 def predict(
     key: jax.Array,
-    logits_fn: Callable,
-    x,
+    logits_fn: Callable[..., jax.Array],
+    x: ArrayLike,
     *,
     sigma: float,
     n: int,
@@ -512,8 +513,8 @@ def predict(
     chunk_size: int | None = None,
     batch_size: int = 8,
     params: Any = None,
-    idx=None,
-    mesh=None,
+    idx: ArrayLike | None = None,
+    mesh: jax.sharding.Mesh | None = None,
     progress: bool = False,
     input_range: tuple[float, float] | None = PIXEL_RANGE,
 ) -> Prediction:

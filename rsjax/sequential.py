@@ -56,6 +56,7 @@ from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
 import numpy as np
+from numpy.typing import ArrayLike
 from scipy import stats
 
 from rsjax import bounds, votes
@@ -266,9 +267,12 @@ def make_plan(
 # Confidence bounds at one look (vectorized over images; float64 on the host).
 
 
-def look_bounds(plan: Plan, t, k, k0=None, lower_only: bool = False):
+def look_bounds(
+    plan: Plan, t: ArrayLike, k: ArrayLike, k0: ArrayLike | None = None, lower_only: bool = False
+) -> tuple[np.ndarray, np.ndarray | None]:
     """(lower, upper) bounds on pA at look(s) t (an int or an array broadcasting with k) from k votes
-    for cA among the first plan.looks[t] draws; k0: the selection count of cA (the mixture's prior)."""
+    for cA among the first plan.looks[t] draws; k0: the selection count of cA (the mixture's prior).
+    float64 arrays of the broadcast shape; upper is None with lower_only."""
     n = np.asarray(plan.looks)[t]
     k = np.asarray(k, np.int64)
     if plan.bound == "union":
@@ -295,13 +299,21 @@ def _reach(plan: Plan, t: int, k, k0):
     return _radius(plan.sigma, lower).max(axis=1)
 
 
-def update(plan: Plan, t: int, k, lower, upper, k0=None):
+def update(
+    plan: Plan,
+    t: int,
+    k: ArrayLike,
+    lower: np.ndarray,
+    upper: np.ndarray,
+    k0: ArrayLike | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One look for a batch of images: k (B,) votes for cA among the first plan.looks[t] draws.
 
     Args:
       lower, upper: (B,) running bounds before this look (0 and 1 before the first).
     Returns:
-      (lower, upper, stop): the running bounds after this look and whether each image stops here.
+      (lower, upper, stop): the (B,) float64 running bounds after this look and (B,) bool, whether
+      each image stops here.
     """
     lo, hi = look_bounds(plan, t, k, k0)
     lower = np.maximum(lower, lo)
@@ -318,14 +330,17 @@ def update(plan: Plan, t: int, k, lower, upper, k0=None):
     return lower, upper, gap <= plan.radius_tol
 
 
-def finish(plan: Plan, top, lower):
-    """(prediction, radius) from the candidate and the running lower bound at the stop."""
+def finish(plan: Plan, top: ArrayLike, lower: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+    """(prediction, radius) from the candidate and the running lower bound at the stop: int64 class
+    or ABSTAIN, and float64 radius (0.0 where abstaining), of the shape of lower."""
     r = _radius(plan.sigma, lower)
     certified = np.isfinite(r)
     return np.where(certified, top, ABSTAIN).astype(np.int64), np.where(certified, r, 0.0)
 
 
-def certify_from_look_counts(plan: Plan, top, k0, k_looks) -> SequentialCertificate:
+def certify_from_look_counts(
+    plan: Plan, top: ArrayLike, k0: ArrayLike, k_looks: ArrayLike
+) -> SequentialCertificate:
     """Sequential CERTIFY of many images whose counts at every look are known in advance.
 
     Args:
@@ -451,7 +466,7 @@ def default_round_size(chunk_size: int) -> int:
 
 def run_slots(
     key: jax.Array,
-    apply_fn: Callable,
+    apply_fn: votes.ApplyFn,
     params: Any,
     x: np.ndarray,
     idx: np.ndarray,
@@ -461,7 +476,7 @@ def run_slots(
     chunk_size: int | None = None,
     batch_size: int = 8,
     round_size: int | None = None,
-    mesh=None,
+    mesh: jax.sharding.Mesh | None = None,
     on_stop: Callable[[int, SequentialCertificate, float], None] | None = None,
 ) -> SequentialCertificate:
     """Sequential CERTIFY of x (N, H, W, C) on the device, batch_size images at a time.

@@ -34,6 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
+from numpy.typing import ArrayLike
 
 from rsjax import sharding
 
@@ -54,7 +55,7 @@ class NonFiniteLogitsError(FloatingPointError):
     non-finite (same order); num_samples: the draws asked per example in that call.
     """
 
-    def __init__(self, indices, draws, num_samples: int, stream: int):
+    def __init__(self, indices: ArrayLike, draws: ArrayLike, num_samples: int, stream: int):
         self.indices = [int(i) for i in indices]
         self.draws = [int(d) for d in draws]
         self.num_samples = int(num_samples)
@@ -72,7 +73,9 @@ class NonFiniteLogitsError(FloatingPointError):
         )
 
 
-def raise_if_nonfinite(nonfinite: np.ndarray, idx: np.ndarray, num_samples: int, stream: int):
+def raise_if_nonfinite(
+    nonfinite: np.ndarray, idx: np.ndarray, num_samples: int, stream: int
+) -> None:
     """Raises NonFiniteLogitsError when any example of the batch had non-finite draws.
 
     nonfinite: (B,) counts of non-finite draws per example; idx: (B,) their global indices."""
@@ -101,7 +104,7 @@ def balanced_chunk(num_samples: int, chunk_size: int) -> tuple[int, int]:
     return num_chunks, -(-num_samples // num_chunks)
 
 
-def check_indices(idx, num_examples: int) -> np.ndarray:
+def check_indices(idx: ArrayLike, num_examples: int) -> np.ndarray:
     """Validates global example indices: (B,) distinct integers in [0, 2^32), one per image."""
     idx = np.asarray(idx)
     if idx.shape != (num_examples,):
@@ -122,7 +125,9 @@ def example_keys(key: jax.Array, idx: jax.Array, stream: int) -> jax.Array:
     return jax.vmap(lambda i: jax.random.fold_in(jax.random.fold_in(key, i), stream))(idx)
 
 
-def noisy_inputs(keys: jax.Array, x: jax.Array, sample_ids: jax.Array, sigma) -> jax.Array:
+def noisy_inputs(
+    keys: jax.Array, x: jax.Array, sample_ids: jax.Array, sigma: float | jax.Array
+) -> jax.Array:
     """x_i + sigma * eps_ij for every example key i and sample id j: (B, J, *x.shape[1:]).
 
     sample_ids: (J,) ids shared by every example, or (B, J) ids of each example's own."""
