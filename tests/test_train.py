@@ -1,6 +1,8 @@
 """Gaussian-augmentation training: loss, resume to bit-identical parameters, NaN stop, checkpoints."""
 
+import argparse
 import contextlib
+import hashlib
 import importlib.util
 import json
 import os
@@ -681,3 +683,99 @@ def test_train_script_changes_no_file_when_the_rerun_is_refused(tmp_path):
     assert _files(workdir) == before
     script.main([*args[:-1], "2", "--smoke"])  # and without the other process, it runs
     assert json.loads((workdir / "config.json").read_text())["smoke"] is True
+
+
+# ------------------------------------------------------------- configs to weights, pinned digests
+
+EXPERIMENTS = pathlib.Path(__file__).parents[1] / "experiments"
+# config spec -> (weights digest, metrics digest) of its smoke run by `_config_run`, recorded with the
+# code of commit 8ad67e3 (before train.fit took any Flax module), on 4 host CPU devices of the
+# development machine (x86-64 AMD EPYC, jax 0.10.2): XLA:CPU may round differently on another
+# processor kind, and then these digests are to be re-recorded there from the same commit.
+PINNED = {
+    "mnist5k_lenet_gaussian": (
+        "b810192d59b76bfee47410860ccd146fcb6316c7ff4e52338bb54e5c1516662b",
+        "06b6b4265008b5a1f066c7a404985eff098144deded88a6382f9df9e66444fa9",
+    ),
+    "mnist_lenet:method=macer": (
+        "60c7a38b4a5fb8ecfeb52aa305c2b5b426cdfa95880ab5701a33f3cb69077d72",
+        "4c3df9d175243652baa839d2a4801c6c979565942a2a34369069ad0534ca2c5b",
+    ),
+    "mnist_lenet:method=smoothadv": (
+        "efec25cced77e8bf0d92f1463f226c2ea750d96169925395fe2d4ba703e2957a",
+        "4226aacde8e57cd4880585a52c4c9bbb866ab8841cf9e52e9e53532e5d8cc886",
+    ),
+    "mnist5k_denoiser:sigma=0.5": (
+        "b435e89470a1f653bf8e599da482e855b6b35b608e6b17c5650051cdba1ffb0a",
+        "eece2dbe2faa6ff40c1ae121982df8c11861b04974a76997b92cdd9d7d9f5d32",
+    ),
+    "mnist5k_xhat:sigma=0.5,eps=0.5": (
+        "9de838e6b582a316069d494b745c803325d190f1f76519da15d4055131f7d649",
+        "4fc525078c2fb85f78873590e49615e32e05215f7ae6d82f06039b38c45af81a",
+    ),
+}
+
+
+def _cli():
+    sys.path.insert(0, str(EXPERIMENTS))
+    try:
+        import cli
+    finally:
+        sys.path.remove(str(EXPERIMENTS))
+    return cli
+
+
+def _config_run(spec, workdir, mnist_test_dir, **config_args):
+    """The smoke run of config `spec` through the script layer, as experiments/train.py --smoke
+    runs it (cli.load_config, cli.train_and_test, cli.fit with the config's seed), on every 30th
+    (every 90th for batch size 8) of its training images so that its one epoch, and the held-out
+    evaluation after it (on 64 of the held-out images), take seconds. Configs of the full MNIST training set (not
+    here) train on mnist5k's held-in digits instead. Returns (weights digest over params and batch
+    statistics, digest of the metrics records without their timing)."""
+    from rsjax import data
+
+    cli = _cli()
+    name, _, args = spec.partition(":")
+    extra = ",".join(f"{k}={v}" for k, v in config_args.items())
+    args = ",".join(filter(None, (args, extra)))
+    config = cli.load_config(f"{EXPERIMENTS / 'configs' / name}.py:{args}", smoke=True)
+    source = mnist_test_dir if config.get("holdout_every") == 0 else None  # the MNIST test split
+    flags = argparse.Namespace(data_dir=None, data_source_dir=source, download=False)
+    if config["dataset"] == "mnist":
+        train_set, held_out = data.holdout(data.load("mnist5k", "train"), every=10)
+    else:
+        train_set, held_out = cli.train_and_test(config, flags)
+    every = 30 if config["batch_size"] > 8 else 90
+    train_set = data.Dataset(train_set.images[::every], train_set.labels[::every])
+    held_out = data.Dataset(held_out.images[::7][:64], held_out.labels[::7][:64])
+    state = cli.fit(
+        jax.random.key(config["seed"]), workdir, config, train_set, held_out, show_progress=False
+    )
+    weights = checkpoint.digest({"params": state.params, "batch_stats": state.model_state})
+    records = _without_timing(_records(pathlib.Path(workdir)))
+    assert any("loss" in r for r in records)
+    assert any("smoothed_accuracy" in r or "held_out_psnr" in r for r in records)
+    metrics = hashlib.sha256(json.dumps(records, sort_keys=True).encode()).hexdigest()
+    return weights, metrics
+
+
+@pytest.mark.filterwarnings("ignore::rsjax.monitor.CollapseWarning")  # a few steps' training
+@pytest.mark.parametrize(
+    "spec", ["mnist5k_lenet_gaussian", "mnist_lenet:method=macer", "mnist_lenet:method=smoothadv"]
+)
+def test_classifier_configs_train_to_their_pinned_weights(spec, tmp_path, mnist_test_dir):
+    """A classifier (the quickstart's), one with batch norm (MACER's lenet_bn: its statistics are
+    in the digest) and an adversarial one (SmoothAdv) train to the weights and metrics recorded
+    before the refactor that made train.fit take any module."""
+    assert _config_run(spec, tmp_path, mnist_test_dir) == PINNED[spec]
+
+
+@pytest.mark.filterwarnings("ignore::rsjax.monitor.CollapseWarning")
+def test_empirical_bayes_configs_train_to_their_pinned_weights(tmp_path, mnist_test_dir):
+    """The denoiser config and the XHAT config on it train to the recorded weights and metrics."""
+    denoiser = tmp_path / "denoiser"
+    spec = "mnist5k_denoiser:sigma=0.5"
+    assert _config_run(spec, denoiser, mnist_test_dir) == PINNED[spec]
+    spec = "mnist5k_xhat:sigma=0.5,eps=0.5"
+    got = _config_run(spec, tmp_path / "xhat", mnist_test_dir, denoiser=denoiser)
+    assert got == PINNED[spec]
