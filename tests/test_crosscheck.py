@@ -159,8 +159,9 @@ def test_tcertify_union_and_fixed_splits_at_their_levels():
     bounds are nested. This exact check catches it.)"""
     rng = np.random.default_rng(3)
     p = np.r_[0.6, 0.3, np.full(K - 2, 0.1 / (K - 2))]
-    counts0 = rng.multinomial(50, p, size=30)
-    counts = rng.multinomial(400, p, size=30)
+    two_class = np.r_[0.6, 0.4, np.zeros(K - 2)]  # where the cap 1 - pA_lower is the smaller bound
+    counts0 = np.r_[rng.multinomial(50, p, size=30), rng.multinomial(50, two_class, size=10)]
+    counts = np.r_[rng.multinomial(400, p, size=30), rng.multinomial(400, two_class, size=10)]
     grid = (0.0, 0.1, 0.25, 0.5)
     union = certify_from_counts(
         counts0, counts, sigma=SIGMA, alpha=ALPHA, method="tcertify", alpha_split="union"
@@ -175,8 +176,9 @@ def test_tcertify_union_and_fixed_splits_at_their_levels():
         tries = [naive_two_sided(counts[i], top, (1 - f) * ALPHA / 4, f * ALPHA / 4) for f in grid]
         best = max(tries, key=lambda t: -np.inf if t[0] is None else t[0])
         assert union.radius[i] == pytest.approx(best[0] or 0.0, rel=1e-9, abs=1e-12)
-        assert union.pa_lower[i] == pytest.approx(best[1], rel=1e-9)
-        assert union.pb_upper[i] == pytest.approx(best[2], rel=1e-9)
+        if best[0] is not None:  # an abstaining union row reports the trivial bounds 0 and 1
+            assert union.pa_lower[i] == pytest.approx(best[1], rel=1e-9)
+            assert union.pb_upper[i] == pytest.approx(best[2], rel=1e-9)
         r, pa, pb = naive_two_sided(counts[i], top, ALPHA, 0.0)
         assert cohen.radius[i] == pytest.approx(r or 0.0, rel=1e-9, abs=1e-12)
         assert cohen.pa_lower[i] == pytest.approx(pa, rel=1e-9)
@@ -186,7 +188,45 @@ def test_tcertify_union_and_fixed_splits_at_their_levels():
             assert one_split.pa_lower[i] == pytest.approx(pa, rel=1e-9)
             assert one_split.pb_upper[i] == pytest.approx(pb, rel=1e-9)
             binds += pb < 1 - pa
-    assert binds > 20
+    assert 20 < binds < len(counts)  # the runner-up bound binds in some rows, the cap in others
+
+
+def test_pa_lower_of_exactly_one_half_abstains():
+    """10 votes out of 10 at alpha = 2^-10 give pA_lower = alpha^(1/10) = 1/2 exactly (in floating
+    point too): CERTIFY needs pA_lower > 1/2 and abstains, as does sequential CERTIFY at one look."""
+    counts = np.array([[10, 0]])
+    with pytest.warns(rsjax.bounds.NeverCertifiesWarning):
+        cert = certify_from_counts(counts, counts, sigma=SIGMA, alpha=2.0**-10)
+    assert cert.pa_lower[0] == 0.5
+    assert cert.prediction[0] == ABSTAIN and cert.radius[0] == 0.0
+    with pytest.warns(rsjax.bounds.NeverCertifiesWarning):
+        plan = sequential.make_plan(sigma=SIGMA, alpha=2.0**-10, n0=1, n_max=10, radius_tol=0.1)
+    assert plan.looks == (10,) and plan.alphas == (2.0**-10,)
+    seq = sequential.certify_from_look_counts(plan, np.array([0]), np.array([1]), np.array([[10]]))
+    assert seq.pa_lower[0] == 0.5
+    assert seq.prediction[0] == ABSTAIN and seq.radius[0] == 0.0
+
+
+def test_selection_split_is_chosen_on_the_selection_counts_alone():
+    """T-CERTIFY "selection": for one selection-count row, every estimation outcome gets the same
+    split, recovered from pA_lower (scipy at (1 - f) alpha). The estimation rows mix spread runner-up
+    mass (where looking at them would favour alpha_B > 0) and two-class mass (where it would favour
+    alpha_B = 0)."""
+    rng = np.random.default_rng(5)
+    spread_mass = np.r_[0.6, np.full(K - 1, 0.4 / (K - 1))]
+    two_class = np.r_[0.6, 0.4, np.zeros(K - 2)]
+    counts = np.r_[rng.multinomial(2000, spread_mass, 20), rng.multinomial(2000, two_class, 20)]
+    n = counts.sum(axis=1)
+    grid = (0.0, 0.1, 0.25, 0.5)
+    for row in ([60, 14, 13, 13], [100, 0, 0, 0], [60, 40, 0, 0]):
+        counts0 = np.tile(row, (len(counts), 1))
+        cert = certify_from_counts(counts0, counts, sigma=SIGMA, alpha=ALPHA, method="tcertify")
+        levels = np.stack(
+            [stats.beta.ppf((1 - f) * ALPHA, counts[:, 0], n - counts[:, 0] + 1) for f in grid], 1
+        )
+        match = np.isclose(levels, cert.pa_lower[:, None], rtol=1e-10, atol=0)
+        assert np.all(match.sum(axis=1) == 1)
+        assert len(set(match.argmax(axis=1).tolist())) == 1, (row, match.argmax(axis=1))
 
 
 # --------------------------------------------------------------------------------------------------
