@@ -433,7 +433,7 @@ def run_tests(root: pathlib.Path, tests, timeout: float) -> tuple[str, float, st
     seconds = time.perf_counter() - start
     failed = [line for line in out.stdout.splitlines() if line.startswith("FAILED")]
     if out.returncode == 0:
-        return "survived", seconds, ""
+        return "survived", seconds, out.stdout.strip().splitlines()[-1]
     if out.returncode == 1:
         return "killed", seconds, failed[0][7:] if failed else out.stdout.splitlines()[-1]
     return f"error (exit {out.returncode})", seconds, out.stdout[-300:] + out.stderr[-300:]
