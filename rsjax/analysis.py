@@ -35,6 +35,7 @@ from collections.abc import Mapping, Sequence
 from typing import NamedTuple
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from rsjax.certify import ABSTAIN
 
@@ -188,7 +189,7 @@ def read_tsv(path: str | os.PathLike) -> CertResults:
     return results
 
 
-def _radius_list(radii) -> list[float]:
+def _radius_list(radii: ArrayLike) -> list[float]:
     """Radii (a scalar or any sequence) as a list of Python floats."""
     return [float(r) for r in np.atleast_1d(np.asarray(radii, dtype=np.float64))]
 
@@ -208,7 +209,7 @@ def _check_nonempty(results: CertResults) -> int:
     return n
 
 
-def certified_accuracy_curve(results: CertResults, radius_grid) -> np.ndarray:
+def certified_accuracy_curve(results: CertResults, radius_grid: ArrayLike) -> np.ndarray:
     """Certified accuracy at every radius of a grid.
 
     ``acc(r) = (1/N) * #{i : correct_i and radius_i >= r}``, non-increasing in r; O((N + G) log N).
@@ -227,7 +228,7 @@ def certified_accuracy_curve(results: CertResults, radius_grid) -> np.ndarray:
     return (certified.size - below) / n
 
 
-def certified_accuracy(results: CertResults, radii) -> np.ndarray:
+def certified_accuracy(results: CertResults, radii: ArrayLike) -> np.ndarray:
     """Certified accuracy at each radius in ``radii`` (float array, shape (R,)): returns float64[R].
 
     ``acc(r) = (1/N) * #{i : correct_i = 1 and radius_i >= r}`` over all N rows, abstains included
@@ -246,7 +247,7 @@ def average_certified_radius(results: CertResults) -> float:
     return float(np.mean(np.where(correct, np.asarray(results.radius, np.float64), 0.0)))
 
 
-def summarize(results: CertResults, radii=DEFAULT_RADII) -> dict:
+def summarize(results: CertResults, radii: ArrayLike = DEFAULT_RADII) -> dict:
     """The numbers of one run, as a JSON-ready dict.
 
     Keys: ``n`` (rows), ``certified_accuracy`` ({r: acc(r)} for r in ``radii``), ``acr``,
@@ -304,7 +305,9 @@ class PairedDifference(NamedTuple):
     smaller: int
 
 
-def paired_difference(a: CertResults, b: CertResults, radii=DEFAULT_RADII) -> PairedDifference:
+def paired_difference(
+    a: CertResults, b: CertResults, radii: ArrayLike = DEFAULT_RADII
+) -> PairedDifference:
     """The difference of two runs on the same examples, paired example by example.
 
     With ``d_i = radius_i(a) * correct_i(a) - radius_i(b) * correct_i(b)`` over the N examples (rows
@@ -346,7 +349,7 @@ def paired_difference(a: CertResults, b: CertResults, radii=DEFAULT_RADII) -> Pa
     )
 
 
-def paired_table(pairs: Mapping[str, PairedDifference], radii=DEFAULT_RADII) -> str:
+def paired_table(pairs: Mapping[str, PairedDifference], radii: ArrayLike = DEFAULT_RADII) -> str:
     """A markdown table, one row per named :class:`PairedDifference`: the difference of certified
     accuracy at each r, of the ACR with its paired SE, and the counts of larger / smaller examples.
     """
@@ -361,7 +364,9 @@ def paired_table(pairs: Mapping[str, PairedDifference], radii=DEFAULT_RADII) -> 
     return "\n".join(lines) + "\n"
 
 
-def markdown_table(named_results: Mapping[str, CertResults], radii=DEFAULT_RADII) -> str:
+def markdown_table(
+    named_results: Mapping[str, CertResults], radii: ArrayLike = DEFAULT_RADII
+) -> str:
     """A markdown table: one row per run, columns ``r=...`` (certified accuracy), ``ACR``, ``n``.
 
     Numbers have 3 decimals. Returns the table as a string ending in a newline.
@@ -377,7 +382,9 @@ def markdown_table(named_results: Mapping[str, CertResults], radii=DEFAULT_RADII
     return "\n".join(lines) + "\n"
 
 
-def seeds_table(named_seeds: Mapping[str, Sequence[CertResults]], radii=DEFAULT_RADII) -> str:
+def seeds_table(
+    named_seeds: Mapping[str, Sequence[CertResults]], radii: ArrayLike = DEFAULT_RADII
+) -> str:
     """A markdown table over seeds: one row per run name, each cell ``mean ± h`` of certified
     accuracy at r (and of the ACR) over that name's seeds, with h half the range (max - min) / 2;
     ``seeds`` counts them and ``n`` gives the rows per seed (all seeds must certify the same number).
@@ -410,7 +417,7 @@ def default_labels(paths: Sequence[str | os.PathLike]) -> list[str]:
     return [os.fspath(p) for p in paths]
 
 
-def affine_margins(logits, jacobian) -> tuple[np.ndarray, np.ndarray]:
+def affine_margins(logits: ArrayLike, jacobian: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
     """Predictions and exact l2 robust radii of an affine classifier z(x) = A x + c.
 
     Args:
@@ -430,7 +437,9 @@ def affine_margins(logits, jacobian) -> tuple[np.ndarray, np.ndarray]:
     return pred, np.nan_to_num(dist, nan=np.inf).min(axis=1)
 
 
-def compare_to_margins(pred, margin, labels, results: CertResults) -> dict:
+def compare_to_margins(
+    pred: ArrayLike, margin: ArrayLike, labels: ArrayLike, results: CertResults
+) -> dict:
     """One certification's radii against a linear classifier's margins on the same images.
 
     pred, margin: affine_margins of the linear classifier f on the whole dataset; labels: the
@@ -458,7 +467,10 @@ def compare_to_margins(pred, margin, labels, results: CertResults) -> dict:
 
 
 def compare_sequential(
-    fixed: CertResults, sequential: CertResults, radii=DEFAULT_RADII, fixed_samples=None
+    fixed: CertResults,
+    sequential: CertResults,
+    radii: ArrayLike = DEFAULT_RADII,
+    fixed_samples: int | None = None,
 ) -> dict:
     """Fixed-n against sequential certification of the same images, as a JSON-ready dict.
 

@@ -56,7 +56,9 @@ import jax.numpy as jnp
 LogitsFn = Callable[[Any, jax.Array], jax.Array]
 
 
-def attack_noise(key: jax.Array, x: jax.Array, *, sigma, num_noise: int) -> jax.Array:
+def attack_noise(
+    key: jax.Array, x: jax.Array, *, sigma: float | jax.Array, num_noise: int
+) -> jax.Array:
     """The fixed noise of one attack: eta_ij ~ N(0, sigma^2 I), shape (B, num_noise, H, W, C)."""
     shape = (x.shape[0], num_noise) + x.shape[1:]
     return sigma * jax.random.normal(key, shape, x.dtype)
@@ -92,7 +94,7 @@ def l2_normalize(g: jax.Array) -> jax.Array:
     return (flat / jnp.where(norm > 0, norm, 1)).reshape(g.shape)
 
 
-def project(x_adv: jax.Array, x: jax.Array, eps) -> jax.Array:
+def project(x_adv: jax.Array, x: jax.Array, eps: float | jax.Array) -> jax.Array:
     """Onto the l2 ball of radius eps around x (per example), then clipped to [0,1]^d.
 
     The result is in the box exactly and in the ball up to float rounding (see the module docstring).
@@ -110,7 +112,7 @@ def smoothadv_from_noise(
     y: jax.Array,
     noise: jax.Array,
     *,
-    eps,
+    eps: float | jax.Array,
     num_steps: int,
 ) -> jax.Array:
     """SmoothAdv with given fixed noise (B, m, H, W, C) (from `attack_noise`); returns x' (B, H, W, C).
@@ -146,8 +148,8 @@ def smoothadv_attack(
     x: jax.Array,
     y: jax.Array,
     *,
-    eps,
-    sigma,
+    eps: float | jax.Array,
+    sigma: float | jax.Array,
     num_steps: int,
     num_noise: int,
 ) -> jax.Array:
@@ -204,7 +206,7 @@ def make_smoothadv_attack(
     return attack_fn
 
 
-def eps_schedule(step, *, eps, warmup_steps: int) -> jax.Array:
+def eps_schedule(step: int | jax.Array, *, eps: float | jax.Array, warmup_steps: int) -> jax.Array:
     """Linear warm-up: eps * min(1, step / warmup_steps) (0 at step 0), then eps; a float32 scalar.
 
     `step` counts whatever unit the caller warms up over (Salman et al. warm up over epochs); it may be

@@ -6,8 +6,10 @@ rsjax.certify for guarantees. rsjax.train.fit and rsjax.empirical_bayes log `eva
 every epoch and warn (CollapseWarning) or stop (CollapseError) on a collapse.
 """
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
+import flax.linen as nn
+import jax
 import numpy as np
 
 from rsjax import models, votes
@@ -32,7 +34,14 @@ class VoteSummary(NamedTuple):
     top_class_fraction: float
 
 
-def smoothed_accuracy(key, model, variables, images, labels, **options) -> float:
+def smoothed_accuracy(
+    key: jax.Array,
+    model: nn.Module,
+    variables: Any,
+    images: np.ndarray,
+    labels: np.ndarray,
+    **options: Any,
+) -> float:
     """Fraction of examples whose majority vote over `num_noise` noisy copies is the label.
 
     A cheap training-time estimate of the smoothed classifier's clean accuracy (no abstention, no
@@ -42,31 +51,47 @@ def smoothed_accuracy(key, model, variables, images, labels, **options) -> float
     return smoothed_summary(key, model, variables, images, labels, **options).accuracy
 
 
-def smoothed_summary(key, model, variables, images, labels, **options) -> VoteSummary:
+def smoothed_summary(
+    key: jax.Array,
+    model: nn.Module,
+    variables: Any,
+    images: np.ndarray,
+    labels: np.ndarray,
+    **options: Any,
+) -> VoteSummary:
     """`smoothed_accuracy` and the most common predicted class from the same votes (VoteSummary)."""
     return vote_summary(key, _eval_logits_fn(model), variables, images, labels, **options)
 
 
-def vote_accuracy(key, logits_fn, params, images, labels, **options) -> float:
+def vote_accuracy(
+    key: jax.Array,
+    logits_fn: votes.ApplyFn,
+    params: Any,
+    images: np.ndarray,
+    labels: np.ndarray,
+    **options: Any,
+) -> float:
     """`smoothed_accuracy` of any logits_fn(params, x) (e.g. an empirical Bayes classifier)."""
     return vote_summary(key, logits_fn, params, images, labels, **options).accuracy
 
 
 def vote_summary(
-    key,
-    logits_fn,
-    params,
-    images,
-    labels,
+    key: jax.Array,
+    logits_fn: votes.ApplyFn,
+    params: Any,
+    images: np.ndarray,
+    labels: np.ndarray,
     *,
-    sigma,
-    num_classes,
-    num_noise,
-    mesh=None,
+    sigma: float,
+    num_classes: int,
+    num_noise: int,
+    mesh: jax.sharding.Mesh | None = None,
     batch_size: int = 64,
 ) -> VoteSummary:
     """VoteSummary of any logits_fn(params, x) from counts of `num_noise` noisy copies per example
-    (example i's noise from its index i, as in certification: batch_size changes nothing)."""
+    (example i's noise from its index i, as in certification: batch_size changes nothing).
+
+    images: (N, H, W, C) float32 in [0, 1]; labels: (N,) int."""
     correct = 0
     totals = np.zeros(num_classes, np.int64)
     for start in range(0, len(labels), batch_size):
@@ -100,7 +125,9 @@ def _eval_logits_fn(model):
     return _EVAL_FNS[model]
 
 
-def collapse_reason(summary: "VoteSummary", *, num_classes: int, after_warmup: bool = True):
+def collapse_reason(
+    summary: VoteSummary, *, num_classes: int, after_warmup: bool = True
+) -> str | None:
     """Why the held-out votes of an epoch look like a collapsed classifier, or None.
 
     Collapse: top_class_fraction > 0.9 (more than 90% of all noisy-copy predictions on one class;
@@ -122,7 +149,14 @@ def collapse_reason(summary: "VoteSummary", *, num_classes: int, after_warmup: b
     return "; ".join(reasons) or None
 
 
-def evaluation_record(summary, *, num_classes, after_warmup, eval_examples, eval_noise) -> dict:
+def evaluation_record(
+    summary: VoteSummary,
+    *,
+    num_classes: int,
+    after_warmup: bool,
+    eval_examples: int,
+    eval_noise: int,
+) -> dict:
     """The metrics record of one held-out evaluation (a VoteSummary) with its collapse verdict:
     smoothed_accuracy, top_class_fraction, top_class, eval_examples, eval_noise, collapsed and,
     when collapsed, collapse_reason (see collapse_reason)."""

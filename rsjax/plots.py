@@ -10,6 +10,7 @@ import os
 from collections.abc import Mapping
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from rsjax import analysis
 
@@ -67,7 +68,9 @@ def plot_certified_accuracy(
     fig.savefig(os.fspath(path), format="png")
 
 
-def save_image_grid(images, path: str | os.PathLike, *, title: str | None = None) -> None:
+def save_image_grid(
+    images: ArrayLike, path: str | os.PathLike, *, title: str | None = None
+) -> None:
     """Writes a PNG of a (rows, cols, H, W, C) array of images in [0,1] (clipped), one image per
     cell: e.g. walk-jump chains (rows) by successive jumps (columns). Grey for one channel."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg

@@ -20,14 +20,18 @@ References: Robbins 1956; Miyasawa 1961; Saremi & Hyvarinen, JMLR 2019 (DEEN); S
 """
 
 import functools
+from collections.abc import Mapping
 from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def xhat(score_fn: Callable, y: jax.Array, sigma, params: Any = None) -> jax.Array:
+def xhat(
+    score_fn: Callable[..., jax.Array], y: jax.Array, sigma: float | jax.Array, params: Any = None
+) -> jax.Array:
     """Tweedie's estimate y + sigma^2 psi(y), jitted (score_fn static) and vmappable.
 
     score_fn: score_fn(params, y) (rsjax.score.make_score_fn) with `params` traced, so one
@@ -39,7 +43,15 @@ def xhat(score_fn: Callable, y: jax.Array, sigma, params: Any = None) -> jax.Arr
     return y + jnp.asarray(sigma, y.dtype) ** 2 * psi
 
 
-def denoising_loss(params, model_state, batch, key, *, score_fn, sigma: float):
+def denoising_loss(
+    params: Any,
+    model_state: Any,
+    batch: Mapping[str, jax.Array],
+    key: jax.Array,
+    *,
+    score_fn: Callable[[Any, jax.Array], jax.Array],
+    sigma: float,
+) -> tuple[jax.Array, tuple[Any, dict[str, jax.Array]]]:
     """E || x - xhat_theta(x + sigma eps) ||^2: sum over pixels, mean over the batch.
 
     Args:
@@ -61,42 +73,54 @@ def denoising_loss(params, model_state, batch, key, *, score_fn, sigma: float):
     return loss, (model_state, {"loss": loss, "mse": mse, "psnr": psnr(mse)})
 
 
-def psnr(mse) -> jax.Array:
+def psnr(mse: float | jax.Array) -> jax.Array:
     """Peak signal-to-noise ratio in dB for images in [0,1]: 10 log10(1 / mse)."""
     return -10.0 * jnp.log10(mse)
 
 
-def gaussian_prior_score(y: jax.Array, *, mean, prior_std, sigma) -> jax.Array:
+def gaussian_prior_score(
+    y: jax.Array,
+    *,
+    mean: float | jax.Array,
+    prior_std: float | jax.Array,
+    sigma: float | jax.Array,
+) -> jax.Array:
     """psi(y) = (m - y) / (s^2 + sigma^2) of Y = X + sigma N(0, I), X ~ N(m, s^2 I)."""
     return (mean - y) / (prior_std**2 + sigma**2)
 
 
-def gaussian_prior_xhat(y: jax.Array, *, mean, prior_std, sigma) -> jax.Array:
+def gaussian_prior_xhat(
+    y: jax.Array,
+    *,
+    mean: float | jax.Array,
+    prior_std: float | jax.Array,
+    sigma: float | jax.Array,
+) -> jax.Array:
     """E[X | Y = y] = m + s^2 / (s^2 + sigma^2) (y - m) for X ~ N(m, s^2 I)."""
     return mean + prior_std**2 / (prior_std**2 + sigma**2) * (y - mean)
 
 
-def two_point_xhat(y: jax.Array, *, mu: jax.Array, sigma) -> jax.Array:
+def two_point_xhat(y: jax.Array, *, mu: jax.Array, sigma: float | jax.Array) -> jax.Array:
     """E[X | Y = y] = mu tanh(mu . y / sigma^2) for X uniform on {-mu, mu}; y (B, *mu.shape)."""
     axes = tuple(range(1, y.ndim))
     t = jnp.tanh(jnp.sum(y * mu, axis=axes) / sigma**2)
     return t.reshape((-1,) + (1,) * mu.ndim) * mu
 
 
-def two_point_score(y: jax.Array, *, mu: jax.Array, sigma) -> jax.Array:
+def two_point_score(y: jax.Array, *, mu: jax.Array, sigma: float | jax.Array) -> jax.Array:
     """psi(y) = (mu tanh(mu . y / sigma^2) - y) / sigma^2 for X uniform on {-mu, mu}."""
     return (two_point_xhat(y, mu=mu, sigma=sigma) - y) / sigma**2
 
 
 def denoise_metrics(
     key: jax.Array,
-    score_fn,
+    score_fn: Callable[[Any, jax.Array], jax.Array],
     params: Any,
-    images,
+    images: np.ndarray | jax.Array,
     *,
     sigma: float,
     batch_size: int = 256,
-) -> dict:
+) -> dict[str, float]:
     """Held-out denoising quality: {"mse", "psnr", "noisy_psnr"}, mse per pixel of xhat(x + sigma eps)
     over `images` (noise from `key`, batch b from fold_in(key, b)), and the PSNR of y itself."""
     total, count = 0.0, 0
