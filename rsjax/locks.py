@@ -26,7 +26,7 @@ from typing import Iterator
 class OutputLockedError(RuntimeError):
     """Another process holds the output's lock; `path` is the output, `holder` what it wrote."""
 
-    def __init__(self, path, holder: str):
+    def __init__(self, path: str | os.PathLike, holder: str):
         self.path = str(path)
         self.holder = holder
         super().__init__(
@@ -35,7 +35,7 @@ class OutputLockedError(RuntimeError):
         )
 
 
-def lock_path(path) -> pathlib.Path:
+def lock_path(path: str | os.PathLike) -> pathlib.Path:
     """The lock file of an output: `DIR/.rsjax.lock` for a directory, `.NAME.lock` beside a file."""
     path = pathlib.Path(path)
     if path.is_dir():
@@ -44,7 +44,7 @@ def lock_path(path) -> pathlib.Path:
 
 
 @contextlib.contextmanager
-def exclusive(path) -> Iterator[pathlib.Path]:
+def exclusive(path: str | os.PathLike) -> Iterator[pathlib.Path]:
     """Holds the exclusive lock of `path` (a file or a directory, created by the caller or not)
     for the block; raises OutputLockedError at once, without waiting, when another holder has it."""
     lock = lock_path(path)

@@ -15,6 +15,7 @@ collective, so there the signals keep their usual effect.
 import contextlib
 import signal
 import threading
+from collections.abc import Iterator
 
 import jax
 
@@ -31,7 +32,7 @@ class TrainingInterrupted(KeyboardInterrupt):
 
 
 @contextlib.contextmanager
-def stop_requests():
+def stop_requests() -> Iterator[list[int]]:
     """Within the block, SIGTERM and SIGINT append their number to the yielded list instead of
     stopping the process (a second one raises KeyboardInterrupt); the previous handlers come back on
     exit. Outside the main thread or with several JAX processes the list stays empty and nothing is

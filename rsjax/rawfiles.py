@@ -4,27 +4,34 @@ naming the file.
 """
 
 import gzip
+import os
+import pathlib
 import pickle
 import tarfile
 import zlib
+from collections.abc import Iterable, Sequence
+from typing import IO, Any
 
 import numpy as np
 
 
-def first_existing(folder, names):
+def first_existing(folder: pathlib.Path, names: Iterable[str]) -> pathlib.Path | None:
+    """folder / name for the first of `names` that is a file in `folder`, or None."""
     return next((folder / n for n in names if (folder / n).is_file()), None)
 
 
-def is_gzip(path):
+def is_gzip(path: str | os.PathLike) -> bool:
+    """True when the file at `path` starts with the gzip magic bytes 1f 8b."""
     with open(path, "rb") as f:
         return f.read(2) == b"\x1f\x8b"
 
 
-def read_idx(path, magic):
+def read_idx(path: str | os.PathLike, magic: int) -> np.ndarray:
     """The array in IDX file `path` (gzipped or not), checked against `magic` (2051 or 2049).
 
     IDX: a big-endian int32 magic 0x0000 0x08 ndim (0x08 = uint8), ndim big-endian int32 sizes,
-    then prod(sizes) uint8 values in row-major order.
+    then prod(sizes) uint8 values in row-major order. Returns the uint8 array of shape `sizes`:
+    (N, rows, cols) for images (2051), (N,) for labels (2049).
     """
     try:
         opener = gzip.open if is_gzip(path) else open
@@ -46,7 +53,9 @@ def read_idx(path, magic):
     return np.frombuffer(data, np.uint8, offset=header).reshape(dims)
 
 
-def check_labels(labels, n_classes, path):
+def check_labels(labels: np.ndarray, n_classes: int, path: str | os.PathLike) -> None:
+    """Raises ValueError naming `path` unless every label of the (N,) int array is in
+    [0, n_classes)."""
     if len(labels) and (labels.min() < 0 or labels.max() >= n_classes):
         raise ValueError(f"{path}: labels outside 0..{n_classes - 1}")
 
@@ -64,14 +73,15 @@ class BatchUnpickler(pickle.Unpickler):
         ("_codecs", "encode"),
     }
 
-    def find_class(self, module, name):
+    def find_class(self, module: str, name: str) -> Any:
+        """The allowed global `module.name`; raises pickle.UnpicklingError for any other."""
         if (module, name) not in self._ALLOWED:
             raise pickle.UnpicklingError(f"refusing to unpickle {module}.{name}")
         return super().find_class(module, name)
 
 
-def unpickle_batch(fileobj, path):
-    """(uint8 (N, 3072), int64 (N,)) from one CIFAR-10 python batch."""
+def unpickle_batch(fileobj: IO[bytes], path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
+    """(uint8 (N, 3072), int64 (N,)) from one CIFAR-10 python batch; `path` names it in errors."""
     try:
         batch = BatchUnpickler(fileobj, encoding="bytes").load()
         data = batch.get(b"data", batch.get("data"))
@@ -86,8 +96,11 @@ def unpickle_batch(fileobj, path):
     return data, labels
 
 
-def read_cifar_tar(path, wanted):
-    """The batches named `wanted`, in that order, from the CIFAR-10 python archive."""
+def read_cifar_tar(
+    path: str | os.PathLike, wanted: Sequence[str]
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The batches named `wanted`, in that order, from the CIFAR-10 python archive: a list of
+    (uint8 (N, 3072), int64 (N,)) as `unpickle_batch` returns."""
     found = {}
     try:
         with tarfile.open(path, "r:*") as tar:
