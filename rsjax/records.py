@@ -37,7 +37,7 @@ import re
 import subprocess
 import time
 from importlib import metadata
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 import jax
 
@@ -104,7 +104,7 @@ def git_commit() -> str | None:
     return commit + ("+dirty" if dirty else "")
 
 
-def check_writable(path) -> pathlib.Path:
+def check_writable(path: str | os.PathLike) -> pathlib.Path:
     """Creates the parent directory of `path` and checks that a file can be written there."""
     path = pathlib.Path(path)
     try:
@@ -123,9 +123,10 @@ class RunRecordError(ValueError):
     changed."""
 
 
-def write_json(path, obj) -> None:
+def write_json(path: str | os.PathLike, obj: Any) -> None:
     """Writes JSON atomically: a temporary file beside `path`, fsync'ed, renamed over it. A kill or a
-    failure leaves the old file or the new one, never half of one, and no temporary file."""
+    failure leaves the old file or the new one, never half of one, and no temporary file. `obj`: any
+    value json.dumps accepts (written indented, keys sorted)."""
     path = pathlib.Path(path)
     text = json.dumps(obj, indent=2, sort_keys=True) + "\n"  # fails before any file is made
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
@@ -155,7 +156,7 @@ def _fsync_directory(path) -> None:
         os.close(fd)
 
 
-def read_json(path) -> dict:
+def read_json(path: str | os.PathLike) -> dict:
     """Reads a JSON object (a sidecar); RunRecordError naming the file if it is empty or damaged."""
     path = pathlib.Path(path)
     text = path.read_text(errors="replace")
@@ -177,7 +178,7 @@ def read_json(path) -> dict:
     return obj
 
 
-def append_result(path, row: dict, env: dict) -> dict:
+def append_result(path: str | os.PathLike | None, row: dict, env: dict) -> dict:
     """Stamps a measurement with the device, versions, commit and time, and appends it as one JSON
     line to `path` (no file when path is empty). Returns the stamped row."""
     row = dict(
@@ -217,7 +218,9 @@ def format_row(
     correct: int,
     seconds: float,
     num_samples: int | None = None,
-):
+) -> str:
+    """One certification TSV line, newline included: idx, label, predict, the radius rounded down
+    by `format_radius`, correct, the seconds to 4 decimals, and num_samples when given."""
     row = f"{idx}\t{label}\t{predict}\t{format_radius(radius)}\t{correct}\t{seconds:.4f}"
     return row + ("\n" if num_samples is None else f"\t{num_samples}\n")
 
@@ -484,6 +487,7 @@ class CertificationTSV:
         self.done.extend(self.indices[len(self.done) : len(self.done) + len(lines)])
 
     def write_sidecar(self, extra: dict) -> None:
+        """Writes the sidecar JSON atomically: {"settings": the run's settings, **extra}."""
         write_json(self.sidecar, {"settings": self.settings, **extra})
 
 

@@ -10,7 +10,7 @@ noise), which halves the cost of comparing CERTIFY with T-CERTIFY.
 import contextlib
 import sys
 import time
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence, Sized
 
 import jax
 import numpy as np
@@ -45,7 +45,7 @@ def certify_dataset(
     sidecar: dict | None = None,
     index_settings: Sequence[str] = (),
     alpha_split: str = "selection",
-    mesh=None,
+    mesh: jax.sharding.Mesh | None = None,
     show_progress: bool = True,
 ) -> dict[str, str]:
     """Certifies images[indices] and writes one TSV per method; resumes files already started.
@@ -157,7 +157,7 @@ def certify_dataset(
     return {method: str(path) for method, path in outputs.items()}
 
 
-def check_indices(indices: Sequence[int], images, labels) -> list[int]:
+def check_indices(indices: Sequence[int], images: Sized, labels: Sized) -> list[int]:
     """Validates the dataset indices of a run: at least one, distinct integers in [0, N), with N
     images and N labels. Returns them as a list of ints."""
     if len(images) != len(labels):
@@ -223,7 +223,7 @@ def certify_dataset_sequential(
     settings: dict | None = None,
     sidecar: dict | None = None,
     index_settings: Sequence[str] = (),
-    mesh=None,
+    mesh: jax.sharding.Mesh | None = None,
     show_progress: bool = True,
 ) -> str:
     """Sequential CERTIFY (rsjax.sequential) of images[indices] into one resumable TSV.

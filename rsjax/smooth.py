@@ -53,6 +53,7 @@ from typing import Any, Callable, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from numpy.typing import ArrayLike
 
 from rsjax import bounds
 from rsjax.certify import (
@@ -138,7 +139,7 @@ class Smooth:
     def certify(
         self,
         key: jax.Array,
-        x,
+        x: ArrayLike,
         *,
         n0: int,
         n: int,
@@ -147,8 +148,8 @@ class Smooth:
         method: str = "cohen",
         alpha_split: str = "selection",
         split_grid: Sequence[float] = DEFAULT_SPLIT_GRID,
-        idx=None,
-        mesh=None,
+        idx: ArrayLike | None = None,
+        mesh: jax.sharding.Mesh | None = None,
         progress: bool = False,
     ) -> Certificate:
         """CERTIFY (method="cohen") or T-CERTIFY (method="tcertify") of g at x: `rsjax.certify`.
@@ -186,13 +187,13 @@ class Smooth:
     def predict(
         self,
         key: jax.Array,
-        x,
+        x: ArrayLike,
         *,
         n: int,
         alpha: float,
         batch_size: int = 8,
-        idx=None,
-        mesh=None,
+        idx: ArrayLike | None = None,
+        mesh: jax.sharding.Mesh | None = None,
         progress: bool = False,
     ) -> Prediction:
         """PREDICT with g at x: `rsjax.predict` (x, idx and the result as in `certify`).

@@ -38,6 +38,7 @@ References: Cohen, Rosenfeld & Kolter, ICML 2019 (github.com/locuslab/smoothing,
 """
 
 import hashlib
+import os
 import pathlib
 import re
 from typing import Any, Callable, Iterator, NamedTuple
@@ -92,7 +93,9 @@ class ImportedClassifier(NamedTuple):
     source: dict
 
 
-def load_checkpoint(path, *, arch: str | None = None, dataset: str | None = None):
+def load_checkpoint(
+    path: str | os.PathLike, *, arch: str | None = None, dataset: str | None = None
+) -> ImportedClassifier:
     """Reads a PyTorch checkpoint as an ImportedClassifier.
 
     Args:
@@ -171,7 +174,7 @@ def to_meta(imported: ImportedClassifier, *, sigma: float | None = None) -> dict
 
 
 def write_checkpoint(
-    imported: ImportedClassifier, workdir, *, sigma: float | None = None
+    imported: ImportedClassifier, workdir: str | os.PathLike, *, sigma: float | None = None
 ) -> pathlib.Path:
     """Saves `imported` as step 0 of an rsjax checkpoint in `workdir/checkpoints` (what
     experiments/certify.py --workdir reads, without torch); returns that directory."""
@@ -192,7 +195,7 @@ def write_checkpoint(
     return ckpt_dir
 
 
-def sigma_from_path(path) -> float | None:
+def sigma_from_path(path: str | os.PathLike) -> float | None:
     """The sigma named by a `noise_S` component of `path` (Cohen et al.'s `models/.../noise_0.25/
     checkpoint.pth.tar`), or None."""
     for part in reversed(pathlib.Path(path).parts):
