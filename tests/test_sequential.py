@@ -197,6 +197,15 @@ def test_union_running_bound_is_the_largest_look_bound_until_the_stop():
             assert cert.radius[i] == pytest.approx(0.25 * stats.norm.ppf(want), rel=1e-9)
         else:
             assert cert.prediction[i] == ABSTAIN and cert.radius[i] == 0.0
+    # An image whose vote share falls after the first look keeps the first look's (larger) bound.
+    plan = sequential.make_plan(sigma=0.25, alpha=0.05, n0=100, n_max=3200, radius_tol=1e-6)
+    looks = np.asarray(plan.looks)
+    k = np.round(looks * np.linspace(1.0, 0.8, len(looks))).astype(np.int64)
+    cert = sequential.certify_from_look_counts(plan, np.array([0]), np.array([90]), k[None])
+    stop = list(looks).index(cert.num_samples[0] - 100)
+    each = stats.beta.ppf(np.asarray(plan.alphas), k, looks - k + 1)[: stop + 1]
+    assert stop > 0 and each.argmax() < stop  # stopped where no later look could do better
+    assert cert.pa_lower[0] == pytest.approx(each.max(), rel=1e-9)
 
 
 def test_union_bound_levels_sum_to_alpha():
