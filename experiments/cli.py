@@ -128,89 +128,79 @@ def train_and_test(config: dict, args) -> tuple[data.Dataset, data.Dataset]:
 
 
 def fit(key, workdir, config: dict, train_set: data.Dataset, held_out: data.Dataset, **overrides):
-    """The config's trainer with its settings as keyword arguments (the one place they meet):
-    rsjax.train.fit for classifiers (the default kind), rsjax.empirical_bayes.fit_denoiser for
-    kind "denoiser" and fit_xhat for kind "xhat". Held-out metrics are logged after every epoch."""
-    kind = config.get("kind", "classifier")
-    if kind == "denoiser":
-        return empirical_bayes.fit_denoiser(
-            key,
-            workdir,
-            images=train_set.images,
-            score_model=config["score_model"],
-            dataset=config["dataset"],
-            sigma=config["sigma"],
-            epochs=config["epochs"],
-            batch_size=config["batch_size"],
-            learning_rate=config["learning_rate"],
-            schedule=config["schedule"],
-            checkpoint_every=config["checkpoint_every"],
-            eval_images=held_out.images,
-            **overrides,
-        )
-    if kind == "xhat":
-        return empirical_bayes.fit_xhat(
-            key,
-            workdir,
-            images=train_set.images,
-            labels=train_set.labels,
-            model_name=config["model"],
-            dataset=config["dataset"],
-            num_classes=data.num_classes(config["dataset"]),
-            denoiser_dir=config["denoiser_workdir"],
-            eps=config["eps"],
-            num_steps=config["num_steps"],
-            k=config["k"],
-            warmup_steps=config.get("warmup_epochs", 0)
-            * (len(train_set.labels) // config["batch_size"]),
-            finetune=config["finetune"],
-            sigma=config["sigma"],
-            epochs=config["epochs"],
-            batch_size=config["batch_size"],
-            learning_rate=config["learning_rate"],
-            momentum=config["momentum"],
-            weight_decay=config["weight_decay"],
-            schedule=config["schedule"],
-            checkpoint_every=config["checkpoint_every"],
-            eval_images=held_out.images,
-            eval_labels=held_out.labels,
-            **overrides,
-        )
-    if kind != "classifier":
-        raise SystemExit(f"config kind must be classifier, denoiser or xhat, got {kind!r}")
-    return train.fit(
+    """Trains what the config names (`pieces`) with its schedule: the one place a config's settings
+    become keyword arguments. Held-out metrics are logged after every epoch."""
+    trainer, pieces = _pieces(config, train_set, held_out)
+    return trainer(
         key,
         workdir,
         images=train_set.images,
-        labels=train_set.labels,
-        model_name=config["model"],
-        dataset=config["dataset"],
-        num_classes=data.num_classes(config["dataset"]),
-        sigma=config["sigma"],
+        **pieces,
         epochs=config["epochs"],
         batch_size=config["batch_size"],
         learning_rate=config["learning_rate"],
-        momentum=config["momentum"],
-        weight_decay=config["weight_decay"],
+        momentum=config.get("momentum", 0.9),
+        weight_decay=config.get("weight_decay", 0.0),
         schedule=config["schedule"],
-        decay_every_epochs=config["decay_every_epochs"],
-        loss=config["loss"],
-        k=config["k"],
-        loss_options=_with_warmup(config, len(train_set.labels)),
-        microbatches=config.get("microbatches", 1),
+        decay_every_epochs=config.get("decay_every_epochs", 0),
         lr_warmup_epochs=config.get("lr_warmup_epochs", 0),
         clip_norm=config.get("clip_norm"),
+        microbatches=config.get("microbatches", 1),
         checkpoint_every=config["checkpoint_every"],
-        eval_images=held_out.images,
-        eval_labels=held_out.labels,
         **overrides,
     )
+
+
+def _pieces(config: dict, train_set: data.Dataset, held_out: data.Dataset):
+    """(trainer, its model and loss options) that the config names: a registered classifier and a
+    loss of rsjax.losses for rsjax.train.fit (the default kind), a score model for
+    rsjax.empirical_bayes.fit_denoiser (kind "denoiser", on the images alone), or a classifier on
+    the xhat of the denoiser in denoiser_workdir for fit_xhat (kind "xhat"). Both wrap train.fit."""
+    kind = config.get("kind", "classifier")
+    if kind == "denoiser":
+        return empirical_bayes.fit_denoiser, dict(
+            score_model=config["score_model"],
+            dataset=config["dataset"],
+            sigma=config["sigma"],
+            eval_images=held_out.images,
+        )
+    classifier = dict(
+        labels=train_set.labels,
+        model=config["model"],
+        dataset=config["dataset"],
+        num_classes=data.num_classes(config["dataset"]),
+        k=config["k"],
+        eval_images=held_out.images,
+        eval_labels=held_out.labels,
+    )
+    if kind == "xhat":
+        return empirical_bayes.fit_xhat, dict(
+            classifier,
+            denoiser_dir=config["denoiser_workdir"],
+            sigma=config["sigma"],  # the denoiser's, checked
+            eps=config["eps"],
+            num_steps=config["num_steps"],
+            warmup_steps=_warmup_steps(config, len(train_set.labels)),
+            finetune=config["finetune"],
+        )
+    if kind != "classifier":
+        raise SystemExit(f"config kind must be classifier, denoiser or xhat, got {kind!r}")
+    return train.fit, dict(
+        classifier,
+        loss=config["loss"],
+        sigma=config["sigma"],
+        loss_options=_with_warmup(config, len(train_set.labels)),
+    )
+
+
+def _warmup_steps(config: dict, num_train: int) -> int:
+    """The attack's (or MACER's lam) warm-up, config warmup_epochs, in steps."""
+    return config.get("warmup_epochs", 0) * (num_train // config["batch_size"])
 
 
 def _with_warmup(config: dict, num_train: int) -> dict:
     """Loss options, with the attack's eps warm-up converted from epochs to steps."""
     options = dict(config["loss_options"])
     if "warmup_steps" in options:
-        steps_per_epoch = num_train // config["batch_size"]
-        options["warmup_steps"] = config.get("warmup_epochs", 0) * steps_per_epoch
+        options["warmup_steps"] = _warmup_steps(config, num_train)
     return options

@@ -7,9 +7,8 @@ h is a fixed function of the noisy input, so CERTIFY, T-CERTIFY and PREDICT (rsj
 it unchanged at the denoiser's sigma: `make_eb_logits_fn` is just another logits_fn, whose params are
 {"classifier": the classifier's variables, "score": the score model's parameters}.
 
-Training:
-  fit_denoiser  learns psi_theta by denoising (rsjax.tweedie.denoising_loss), Adam, the shared
-                resumable loop of rsjax.train (checkpoints, metrics.jsonl, progress, held-out MSE/PSNR).
+Training, both rsjax.train.fit given their model, loss, initialisation, evaluation and meta:
+  fit_denoiser  learns psi_theta by denoising (rsjax.tweedie.denoising_loss), Adam, held-out MSE/PSNR.
   fit_xhat      XHAT(eps): a classifier trained end-to-end on xhat at SmoothAdv points, i.e. the attack
                 against the soft EB smoothed classifier, then cross-entropy of f(xhat(x' + eta_j)); the
                 score network frozen (its parameters get no update) or fine-tuned. eps = 0 trains f on
@@ -28,14 +27,12 @@ from typing import Callable
 
 import jax
 import numpy as np
-import optax
 
 from rsjax import (
     bounds,
     checkpoint,
     losses,
     models,
-    monitor,
     score,
     sharding,
     train,
@@ -86,97 +83,57 @@ def fit_denoiser(
     score_model: str,
     dataset: str,
     sigma: float,
-    epochs: int,
-    batch_size: int,
     learning_rate: float = 1e-3,
-    schedule: str = "cosine",
-    weight_decay: float = 0.0,
-    checkpoint_every: int = 0,
-    max_to_keep: int = 3,
-    stop_after_step: int | None = None,
-    mesh=None,
-    log_every: int = 50,
-    show_progress: bool = True,
     eval_images: np.ndarray | None = None,
     eval_max: int = 1000,
-    on_start: Callable[[], None] | None = None,
+    **options,
 ) -> train.TrainState:
     """Learns the score of Y = X + N(0, sigma^2 I) on `images` by denoising; resumes from `workdir`.
 
+    rsjax.train.fit of the score model with rsjax.tweedie.denoising_loss and Adam (b1 = 0.9).
+
     Args:
-      key: the run's root key (split into init, data and train streams; the held-out noise comes
-        from fold_in(key, 0x5EED)).
-      images: (N, *shape) float32 clean data in [0,1] (labels are not used).
+      key: the run's root key (as in rsjax.train.fit).
+      images: (N, *shape) float32 clean data in [0,1] (no labels).
       score_model: a name of rsjax.score.SCORE_MODELS.
       sigma: noise level (> 0) in [0,1] pixel units.
-      epochs, batch_size, learning_rate, schedule, weight_decay: Adam (b1 = 0.9) with this schedule.
       eval_images: held-out clean data; after every epoch the denoising MSE per pixel and PSNR (dB)
         of the first `eval_max` are logged to metrics.jsonl.
-      on_start: see rsjax.train.train_loop (called before anything is written).
+      options: rsjax.train.fit's (epochs, batch_size, schedule, weight_decay, checkpoint_every,
+        stop_after_step, mesh, on_start, ...).
     Returns:
       The final TrainState; its checkpoints hold {"params": score params} and meta kind "denoiser".
     """
     sigma = bounds.check_sigma(sigma)
-    mesh = sharding.batch_mesh() if mesh is None else mesh
-    steps_per_epoch = train._steps_per_epoch(images.shape[0], batch_size, mesh)
-    total_steps = epochs * steps_per_epoch
-    model = score.make_score_model(score_model)
     score_fn = _score_fn(score_model)
-    optimizer = train.make_optimizer(
-        learning_rate=learning_rate,
-        total_steps=total_steps,
-        momentum=0.9,
-        weight_decay=weight_decay,
-        schedule=schedule,
-        optimizer="adam",
-    )
-    init_key, data_key, train_key = jax.random.split(key, 3)
-    eval_key = jax.random.fold_in(key, 0x5EED)
-    params = score.init_params(model, init_key, images.shape[1:])
-    state = train.TrainState(
-        jax.numpy.zeros((), jax.numpy.int32), params, {}, optimizer.init(params)
-    )
-    meta = {
-        "kind": "denoiser",
-        "score_model": score_model,
-        "dataset": dataset,
-        "input_shape": list(images.shape[1:]),
-        "sigma": sigma,
-        "epochs": epochs,
-        "batch_size": batch_size,
-        "learning_rate": learning_rate,
-        "total_steps": total_steps,
-    }
-    loss_fn = functools.partial(tweedie.denoising_loss, score_fn=score_fn, sigma=sigma)
 
-    def evaluate(state):
+    def evaluate(key, state):
         if eval_images is None:
             return None
+        params = sharding.gather(state.params)
         metrics = tweedie.denoise_metrics(
-            eval_key, score_fn, sharding.gather(state.params), eval_images[:eval_max], sigma=sigma
+            key, score_fn, params, eval_images[:eval_max], sigma=sigma
         )
         return {f"held_out_{k}": v for k, v in metrics.items()}
 
-    return train.train_loop(
+    return train.fit(
+        key,
         workdir,
-        state=state,
-        train_step=train.make_train_step(loss_fn, optimizer),
-        meta=meta,
+        model=score.make_score_model(score_model),
+        loss=functools.partial(tweedie.denoising_loss, score_fn=score_fn, sigma=sigma),
         images=images,
-        labels=None,
-        data_key=data_key,
-        train_key=train_key,
-        epochs=epochs,
-        batch_size=batch_size,
-        checkpoint_every=checkpoint_every,
-        max_to_keep=max_to_keep,
-        stop_after_step=stop_after_step,
-        mesh=mesh,
-        log_every=log_every,
-        show_progress=show_progress,
-        name=f"denoise {score_model}",
+        optimizer="adam",
+        learning_rate=learning_rate,
         eval_fn=evaluate,
-        on_start=on_start,
+        meta={
+            "kind": "denoiser",
+            "score_model": score_model,
+            "dataset": dataset,
+            "sigma": sigma,
+            "learning_rate": learning_rate,
+        },
+        name=f"denoise {score_model}",
+        **options,
     )
 
 
@@ -212,7 +169,7 @@ def fit_xhat(
     *,
     images: np.ndarray,
     labels: np.ndarray,
-    model_name: str,
+    model: str,
     dataset: str,
     num_classes: int,
     denoiser_dir,
@@ -222,37 +179,26 @@ def fit_xhat(
     warmup_steps: int = 0,
     finetune: bool = False,
     sigma: float | None = None,
-    epochs: int,
-    batch_size: int,
-    learning_rate: float,
-    momentum: float = 0.9,
-    weight_decay: float = 0.0,
-    schedule: str = "cosine",
-    checkpoint_every: int = 0,
-    max_to_keep: int = 3,
-    stop_after_step: int | None = None,
-    mesh=None,
-    log_every: int = 50,
-    show_progress: bool = True,
     eval_images: np.ndarray | None = None,
     eval_labels: np.ndarray | None = None,
     eval_noise: int = 32,
     eval_max: int = 500,
-    fail_on_collapse: bool = False,
-    on_start: Callable[[], None] | None = None,
+    mesh=None,
+    **options,
 ) -> train.TrainState:
-    """XHAT(eps): trains classifier `model_name` end-to-end on xhat of the denoiser in `denoiser_dir`
-    at SmoothAdv points, at the denoiser's sigma; resumes from `workdir`.
+    """XHAT(eps): trains the registered classifier `model` end-to-end on xhat of the denoiser in
+    `denoiser_dir` at SmoothAdv points, at the denoiser's sigma; resumes from `workdir`.
 
-    Loss: x' = SmoothAdv(x) against the soft EB smoothed classifier (k noise draws, `num_steps`
-    steps, eps warmed up over `warmup_steps`), then mean over i, j of CE(f(xhat(x'_i + eta_ij)), y_i)
-    on k fresh draws (rsjax.losses.smoothadv_loss with the EB apply_fn). eps = 0: no attack, f trained
-    on xhat(x + eta) (rsjax.losses.gaussian_augmentation_loss). finetune: the score network trains
-    too (same optimizer); otherwise its parameters are frozen (no gradient, no update). sigma, if
-    given, must equal the denoiser's (a guard against pairing the wrong runs).
-    Classifier training options, eval, on_start, the collapse check of every held-out evaluation
-    (rsjax.monitor.CollapseWarning, or with fail_on_collapse CollapseError) as in rsjax.train.fit
-    (SGD with momentum).
+    rsjax.train.fit of params {"classifier", "score"} (the classifier's batch statistics as model
+    state) with the loss: x' = SmoothAdv(x) against the soft EB smoothed classifier (k noise draws,
+    `num_steps` steps, eps warmed up over `warmup_steps`), then mean over i, j of
+    CE(f(xhat(x'_i + eta_ij)), y_i) on k fresh draws (rsjax.losses.smoothadv_loss with the EB
+    apply_fn). eps = 0: no attack, f trained on xhat(x + eta) (rsjax.losses.gaussian_augmentation_loss).
+    finetune: the score network trains too (same optimizer); otherwise its parameters are frozen
+    (fit's trainable: no gradient, no update). sigma, if given, must equal the denoiser's (a guard
+    against pairing the wrong runs). The held-out evaluation is fit's, of the EB classifier.
+    options: rsjax.train.fit's (epochs, batch_size, learning_rate, momentum, weight_decay, schedule,
+    fail_on_collapse, on_start, ...).
     Returns:
       The final TrainState, params {"classifier", "score"}; meta kind "eb_classifier".
     """
@@ -270,113 +216,73 @@ def fit_xhat(
             f"images of shape {images.shape[1:]} but the denoiser was trained on "
             f"{tuple(denoiser_meta['input_shape'])}"
         )
-    mesh = sharding.batch_mesh() if mesh is None else mesh
-    steps_per_epoch = train._steps_per_epoch(images.shape[0], batch_size, mesh)
-    total_steps = epochs * steps_per_epoch
-    classifier = models.make_model(model_name, num_classes=num_classes, dataset=dataset)
-    sgd = train.make_optimizer(
-        learning_rate=learning_rate,
-        total_steps=total_steps,
-        momentum=momentum,
-        weight_decay=weight_decay,
-        schedule=schedule,
-    )
-    labels_tree = {"classifier": "train", "score": "train" if finetune else "frozen"}
-    optimizer = optax.multi_transform({"train": sgd, "frozen": optax.set_to_zero()}, labels_tree)
-    init_key, data_key, train_key = jax.random.split(key, 3)
-    eval_key = jax.random.fold_in(key, 0x5EED)
-    variables = models.init_variables(classifier, init_key, images.shape[1:])
-    params = {"classifier": variables["params"], "score": score_params}
-    state = train.TrainState(
-        jax.numpy.zeros((), jax.numpy.int32),
-        params,
-        variables.get("batch_stats", {}),
-        optimizer.init(params),
-    )
-    apply_fn = make_eb_train_apply(classifier, score_fn, sigma=sigma, finetune=finetune)
-    if eps > 0:
-        loss_fn = functools.partial(
-            losses.smoothadv_loss,
-            apply_fn=apply_fn,
-            sigma=sigma,
-            k=k,
-            eps=eps,
-            num_steps=num_steps,
-            warmup_steps=warmup_steps,
-        )
-    elif eps == 0:
-        loss_fn = functools.partial(
-            losses.gaussian_augmentation_loss, apply_fn=apply_fn, sigma=sigma, k=k
-        )
-    else:
+    if eps < 0:
         raise ValueError(f"eps must be >= 0, got {eps}")
-    meta = {
-        "kind": "eb_classifier",
-        "model": model_name,
-        "score_model": denoiser_meta["score_model"],
-        "dataset": dataset,
-        "num_classes": num_classes,
-        "input_shape": list(images.shape[1:]),
-        "sigma": sigma,
-        "loss": "xhat",
-        "k": k,
-        "loss_options": {
-            "eps": eps,
-            "num_steps": num_steps,
-            "warmup_steps": warmup_steps,
-            "finetune": finetune,
-        },
-        "denoiser": {"dir": str(denoiser_dir), "step": denoiser_step},
-        "denoiser_sha256": checkpoint.digest(score_params),
-        "epochs": epochs,
-        "batch_size": batch_size,
-        "total_steps": total_steps,
-    }
-    logits_fn = eb_logits_fn_for(model_name, dataset, num_classes, meta["score_model"], sigma)
+    classifier = models.make_model(model, num_classes=num_classes, dataset=dataset)
+    apply_fn = make_eb_train_apply(classifier, score_fn, sigma=sigma, finetune=finetune)
+    base = dict(apply_fn=apply_fn, sigma=sigma, k=k)
+    if eps > 0:
+        attack = dict(eps=eps, num_steps=num_steps, warmup_steps=warmup_steps)
+        loss_fn = functools.partial(losses.smoothadv_loss, **base, **attack)
+    else:
+        loss_fn = functools.partial(losses.gaussian_augmentation_loss, **base)
 
-    def evaluate(state):
+    def init_fn(key, input_shape):
+        variables = models.init_variables(classifier, key, input_shape)
+        return dict(variables, params={"classifier": variables["params"], "score": score_params})
+
+    mesh = sharding.batch_mesh() if mesh is None else mesh
+    score_model = denoiser_meta["score_model"]
+    logits_fn = eb_logits_fn_for(model, dataset, num_classes, score_model, sigma)
+
+    def evaluate(key, state):
         if eval_images is None:
             return None
-        summary = monitor.vote_summary(
-            eval_key,
+        variables = _eb_variables(state)
+        return train.held_out_votes(
+            key,
             logits_fn,
-            _eb_variables(state),
-            eval_images[:eval_max],
-            eval_labels[:eval_max],
+            variables,
+            eval_images,
+            eval_labels,
             sigma=sigma,
             num_classes=num_classes,
             num_noise=eval_noise,
+            max_examples=eval_max,
             mesh=mesh,
         )
-        return monitor.evaluation_record(
-            summary,
-            num_classes=num_classes,
-            after_warmup=True,  # evaluated after whole epochs; fit_xhat has no lr warm-up
-            eval_examples=min(eval_max, len(eval_labels)),
-            eval_noise=eval_noise,
-        )
 
-    return train.train_loop(
+    return train.fit(
+        key,
         workdir,
-        state=state,
-        train_step=train.make_train_step(loss_fn, optimizer),
-        meta=meta,
+        model=classifier,
+        loss=loss_fn,
         images=images,
         labels=labels,
-        data_key=data_key,
-        train_key=train_key,
-        epochs=epochs,
-        batch_size=batch_size,
-        checkpoint_every=checkpoint_every,
-        max_to_keep=max_to_keep,
-        stop_after_step=stop_after_step,
-        mesh=mesh,
-        log_every=log_every,
-        show_progress=show_progress,
-        name=f"xhat {model_name}",
+        trainable={"classifier": True, "score": finetune},
+        init_fn=init_fn,
         eval_fn=evaluate,
-        fail_on_collapse=fail_on_collapse,
-        on_start=on_start,
+        meta={
+            "kind": "eb_classifier",
+            "model": model,
+            "score_model": score_model,
+            "dataset": dataset,
+            "num_classes": num_classes,
+            "sigma": sigma,
+            "loss": "xhat",
+            "k": k,
+            "loss_options": {
+                "eps": eps,
+                "num_steps": num_steps,
+                "warmup_steps": warmup_steps,
+                "finetune": finetune,
+            },
+            "denoiser": {"dir": str(denoiser_dir), "step": denoiser_step},
+            "denoiser_sha256": checkpoint.digest(score_params),
+        },
+        name=f"xhat {model}",
+        mesh=mesh,
+        **options,
     )
 
 
@@ -466,11 +372,14 @@ def walk_jump_logits_fn_for(
     )
 
 
-def load_for_eval(ckpt_dir, step: int | None = None):
+def load_for_eval(path, step: int | None = None, *, model=None):
     """(logits_fn, params, meta, step) of any classifier checkpoint: a plain rsjax.train.fit one or a
     `fit_xhat` one (kind "eb_classifier"); a denoiser checkpoint alone is not a classifier.
+    path: a training workdir or its checkpoints directory; model: the module of a plain run that
+    trained a module of your own (see rsjax.train.load_for_eval).
     A step that fails its digest check raises rsjax.checkpoint.CorruptedCheckpointError naming the
     intact steps and the `--step` that certifies the newest of them."""
+    ckpt_dir = train.checkpoint_dir(path)
     step, meta = checkpoint.restore_meta(ckpt_dir, step, hint=train.CERTIFY_OLDER)
     kind = meta.get("kind", "classifier")
     if kind == "denoiser":
@@ -479,7 +388,7 @@ def load_for_eval(ckpt_dir, step: int | None = None):
             "(rsjax.empirical_bayes.compose, or certify.py --denoiser)"
         )
     if kind == "classifier":
-        model, variables, meta, step = train.load_for_eval(ckpt_dir, step)
+        model, variables, meta, step = train.load_for_eval(ckpt_dir, step, model=model)
         return models.make_logits_fn(model), variables, meta, step
     classifier = models.make_model(
         meta["model"], num_classes=meta["num_classes"], dataset=meta["dataset"]

@@ -21,21 +21,29 @@ import jax.numpy as jnp
 import optax
 from jax.scipy.special import ndtri
 
-from rsjax import attacks
+from rsjax import attacks, models
 
 # apply_fn(params, model_state, x, train) -> (logits, new_model_state)
 TrainApplyFn = Callable[[Any, Any, jax.Array, bool], tuple[jax.Array, Any]]
 
 
 def make_train_apply(model) -> TrainApplyFn:
-    """The (params, model_state, x, train) -> (logits, model_state) form of a Flax model."""
+    """The (params, model_state, x, train) -> (logits, model_state) form of a Flax linen module.
+
+    With train True a module with batch norm updates its statistics (mutable "batch_stats"). A
+    module whose __call__ has no `train` argument (rsjax.models.takes_train) is called without it;
+    it cannot have batch statistics, since nothing would say when to update them (ValueError).
+    """
+    takes_train = models.takes_train(model)
 
     def apply_fn(params, model_state, x, train):
         variables = {"params": params, **({"batch_stats": model_state} if model_state else {})}
+        if not takes_train:
+            models.check_batch_norm(model, variables)
         if train and model_state:
             logits, updates = model.apply(variables, x, train=True, mutable=["batch_stats"])
             return logits, updates["batch_stats"]
-        return model.apply(variables, x, train=train), model_state
+        return model.apply(variables, x, **({"train": train} if takes_train else {})), model_state
 
     return apply_fn
 

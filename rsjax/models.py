@@ -4,7 +4,8 @@ Every model takes NHWC float32 images in [0,1] (the units of sigma) and returns 
 per-channel (x - mean) / std normalisation is the model's first operation, so noise is always added
 in pixel units. One registry by name (`MODELS`), no dynamic imports.
 
-The functional forms used everywhere else:
+The functional forms used everywhere else, for these models and for any Flax linen module (one
+whose __call__ has no `train` argument is called without it, `takes_train`):
   variables = init_variables(model, key, input_shape)        {"params": ..., maybe "batch_stats": ...}
   logits = model.apply(variables, x, train=False)
   make_logits_fn(model)(variables, x)                        the evaluation form passed to certify
@@ -28,6 +29,7 @@ MNIST smoothing); He et al., CVPR 2016 (CIFAR ResNet-20/110, as in Cohen et al. 
 ImageNet); Cohen, Rosenfeld & Kolter, ICML 2019 (github.com/locuslab/smoothing).
 """
 
+import inspect
 from typing import Any, Callable, Sequence
 
 import flax.linen as nn
@@ -268,16 +270,50 @@ def make_model(name: str, *, num_classes: int, dataset: str | None = None) -> nn
     return MODELS[name](**kw)
 
 
+def takes_train(model: nn.Module) -> bool:
+    """Whether the module's __call__ has a `train` argument (rsjax's models do: batch norm uses
+    the batch's statistics when train is True). A user's module without one is called without it."""
+    return "train" in inspect.signature(model.__call__).parameters
+
+
+def check_batch_norm(model: nn.Module, variables: dict) -> None:
+    """ValueError when the module has batch statistics but its __call__ takes no `train` argument:
+    nothing would say when to use (and update) the batch's statistics rather than the running ones."""
+    if variables.get("batch_stats") and not takes_train(model):
+        raise ValueError(
+            f"{type(model).__name__} has batch statistics (batch_stats) but its __call__ takes no "
+            "`train` argument, so training cannot switch its batch norm between the batch's "
+            "statistics (training, updated) and the running ones (evaluation): add "
+            "`train: bool = False` to __call__ and use nn.BatchNorm(use_running_average=not train)"
+        )
+
+
+def _train_kw(model: nn.Module, train: bool) -> dict:
+    return {"train": train} if takes_train(model) else {}
+
+
 def init_variables(model: nn.Module, key: jax.Array, input_shape: Sequence[int]) -> dict:
-    """Initial variables {"params", and "batch_stats" for models with batch norm} for (H, W, C)."""
-    return dict(model.init(key, jnp.zeros((1, *input_shape), jnp.float32), train=False))
+    """Initial variables {"params", and "batch_stats" for models with batch norm} for (H, W, C)
+    inputs (any example shape), of any Flax linen module: called with train=False when its
+    __call__ takes `train`, without it otherwise."""
+    x = jnp.zeros((1, *input_shape), jnp.float32)
+    return dict(model.init(key, x, **_train_kw(model, False)))
+
+
+def num_outputs(model: nn.Module, variables: dict, input_shape: Sequence[int]) -> int:
+    """The size of the model's last output axis for (H, W, C) inputs (its number of classes), from
+    jax.eval_shape: nothing is computed."""
+    x = jax.ShapeDtypeStruct((1, *input_shape), jnp.float32)
+    out = jax.eval_shape(lambda v, x: model.apply(v, x, **_train_kw(model, False)), variables, x)
+    return int(out.shape[-1])
 
 
 def make_logits_fn(model: nn.Module) -> Callable[[Any, jax.Array], jax.Array]:
-    """Evaluation-mode logits_fn(variables, x) -> logits; one object per model (reuse it: jit caches
-    on it)."""
+    """Evaluation-mode logits_fn(variables, x) -> logits of any Flax linen module (train=False when
+    its __call__ takes `train`); one object per model (reuse it: jit caches on it)."""
+    kw = _train_kw(model, False)
 
     def logits_fn(variables, x):
-        return model.apply(variables, x, train=False)
+        return model.apply(variables, x, **kw)
 
     return logits_fn

@@ -11,6 +11,7 @@ axis) and the train state is replicated; jit inserts the gradient all-reduce.
 """
 
 import contextlib
+import functools
 import inspect
 import json
 import math
@@ -21,6 +22,7 @@ import time
 import warnings
 from typing import Any, Callable, NamedTuple
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -192,22 +194,30 @@ def fit(
     key: jax.Array,
     workdir,
     *,
+    model: nn.Module | str,
+    loss: str | Callable = "gaussian",
     images: np.ndarray,
-    labels: np.ndarray,
-    model_name: str,
-    dataset: str,
-    num_classes: int,
-    sigma: float,
+    labels: np.ndarray | None = None,
     epochs: int,
     batch_size: int,
-    learning_rate: float,
+    sigma: float | None = None,
+    k: int | None = None,
+    loss_options: dict | None = None,
+    num_classes: int | None = None,
+    dataset: str | None = None,
+    optimizer: str | optax.GradientTransformation = "sgd",
+    learning_rate: float | None = None,
     momentum: float = 0.9,
     weight_decay: float = 0.0,
     schedule: str = "cosine",
     decay_every_epochs: int = 0,
-    loss: str = "gaussian",
-    k: int = 1,
-    loss_options: dict | None = None,
+    lr_warmup_epochs: float = 0,
+    clip_norm: float | None = None,
+    trainable: Any = None,
+    init_fn: Callable[[jax.Array, tuple], dict] | None = None,
+    eval_fn: Callable[[jax.Array, TrainState], dict | None] | None = None,
+    meta: dict | None = None,
+    name: str | None = None,
     microbatches: int = 1,
     checkpoint_every: int = 0,
     max_to_keep: int = 3,
@@ -219,50 +229,78 @@ def fit(
     eval_labels: np.ndarray | None = None,
     eval_noise: int = 32,
     eval_max: int = 500,
-    lr_warmup_epochs: float = 0,
-    clip_norm: float | None = None,
     fail_on_collapse: bool = False,
     on_start: Callable[[], None] | None = None,
 ) -> TrainState:
-    """Trains `model_name` on (images, labels) with noise-augmented `loss`; resumes from `workdir`.
+    """Trains a Flax linen module on `images` with `loss`; resumes from `workdir`.
+
+    The one trainer: classifiers, rsjax.empirical_bayes's denoisers and XHAT classifiers are this
+    function given their model, loss, initialisation, evaluation and meta.
 
     Args:
-      key: the run's root key (split into init, data and train streams).
+      key: the run's root key, split once into (init, data, train) streams; the held-out
+        evaluation's noise comes from fold_in(key, 0x5EED), outside the split.
       workdir: run directory; checkpoints go to workdir/checkpoints and per-step metrics to
         workdir/metrics.jsonl. If it already holds a checkpoint, training resumes from the newest.
-      images, labels: (N, H, W, C) float32 in [0,1] and (N,) int.
+      model: any Flax linen module mapping (B, *input_shape) to (B, K) logits, or the name of a
+        registered model of rsjax.models (built with num_classes and dataset). A module whose
+        __call__ takes `train` is called with train=True in training (batch norm then uses and
+        updates the batch's statistics) and train=False in evaluation; one without it is called
+        without it and must have no batch statistics (ValueError).
+      loss: a loss of rsjax.losses.LOSSES by name, with sigma, its number k of noisy copies per
+        example (default 1) and its other keyword options loss_options (e.g. {"lam": 0.5} for
+        ADRE), all checked up front; or any pure loss_fn(params, model_state, batch, key) ->
+        (loss, (model_state, metrics)) of the same contract (a `step` keyword gets the step), which
+        carries its own options.
+      images, labels: (N, *input_shape) float32 (images NHWC in [0, 1]) and (N,) int; batches are
+        {"image", "label"}, or {"image"} when labels is None.
       epochs, batch_size: full passes and global batch size (the last partial batch is dropped).
-      loss, k, loss_options: a loss of rsjax.losses.LOSSES, its number k of noisy copies per
-        example, and its other keyword options (e.g. {"lam": 0.5} for ADRE); checked up front.
+      sigma: the noise level of a named loss and of the held-out votes, in [0, 1] pixel units.
+      num_classes: of a registered model; read from a module's output (jax.eval_shape) when not
+        given.
+      dataset: a dataset name: a registered model normalises with its statistics (None: no
+        normalisation); recorded in the meta.
+      optimizer, learning_rate, momentum, weight_decay, schedule, decay_every_epochs,
+        lr_warmup_epochs, clip_norm: "sgd" or "adam" with make_optimizer's schedule over the run's
+        steps (lr_warmup_epochs: a linear warm-up over round(lr_warmup_epochs * steps_per_epoch)
+        steps, not the adversarial losses' eps warm-up; clip_norm: clip the gradient to this
+        global l2 norm, the logged grad_norm being the norm before clipping), or an
+        optax.GradientTransformation used as it is (then learning_rate must be None).
+        lr_warmup_epochs > 0 and clip_norm are recorded in the meta.
+      trainable: a pytree prefix of the params of bools; the parts marked False get no update (not
+        even weight decay; optax.set_to_zero). None: everything trains.
+      init_fn: init_fn(key, input_shape) -> {"params", and "batch_stats" if any}; default
+        rsjax.models.init_variables of the model.
+      eval_fn: eval_fn(key, state) -> dict or None, the held-out evaluation after every epoch
+        (its dict is logged to metrics.jsonl; see train_loop for `collapsed`). Default, with
+        eval_images and eval_labels: `held_out_votes` of the model at sigma, the smoothed accuracy
+        (majority vote of `eval_noise` noisy copies, no abstention: a cheap estimate, not a
+        certificate) of the first `eval_max` examples, with top_class and top_class_fraction.
+        Its noise comes from its own key, so it does not change training.
+      meta: JSON-able description of what is trained, saved with every checkpoint and compared on
+        resume; default {model (the registered name, or the module's class name with
+        user_model: true), dataset, num_classes, sigma, loss (its name), k, loss_options (for a
+        named loss)}. fit adds input_shape, epochs, batch_size, total_steps and the optional keys.
+      name: the progress line's name (default "train MODEL").
+      microbatches: see make_train_step (recorded in the meta when != 1).
       checkpoint_every: steps between checkpoints (0: only at the end).
       stop_after_step: stop (with a checkpoint) after this many steps in total, for interruption
         tests and smoke runs; the result then equals the state of a full run at that step.
       mesh: device mesh for data parallelism (default: all devices). batch_size must be divisible by
         its size.
-      eval_images, eval_labels: held-out data; after every epoch the smoothed accuracy (majority vote
-        of `eval_noise` noisy copies, no abstention: a cheap estimate, not a certificate) of the first
-        `eval_max` examples is logged to metrics.jsonl. Its noise comes from its own key, so it does
-        not change training. The same votes give `top_class_fraction`, the share of all
-        eval_max * eval_noise noisy-copy predictions that fall on the most common class, and
-        `top_class`, that class.
-      lr_warmup_epochs: the learning rate rises linearly from 0 to learning_rate over the first
-        round(lr_warmup_epochs * steps_per_epoch) steps (make_optimizer's warmup_steps); not the
-        adversarial losses' eps warm-up, which is a loss option. Recorded in the meta when > 0.
-      clip_norm: clip the gradient to this global l2 norm before the optimizer (None: no clipping).
-        Recorded in the meta when set. The logged `grad_norm` is the norm before clipping.
-      fail_on_collapse: after an epoch whose held-out votes show collapse
+      fail_on_collapse: after an epoch whose held-out evaluation shows collapse
         (rsjax.monitor.collapse_reason: more than 90% of the noisy-copy predictions on one class,
         or, once the learning-rate warm-up is over, smoothed accuracy within 2 points of chance
         1/num_classes), save that epoch's checkpoint and raise rsjax.monitor.CollapseError.
         Without it, an rsjax.monitor.CollapseWarning is emitted and training goes on. Either way
         the epoch's metrics record gets `collapsed` and `collapse_reason`.
-        Without eval_images no collapse detection is possible: nothing is checked.
       on_start: called once the workdir is locked and its checks have passed, before anything is
         written (train_loop's on_start: where a script records the run's config).
     Returns:
       The final TrainState (device arrays).
     Raises:
-      rsjax.locks.OutputLockedError, ValueError (a different run in workdir),
+      ValueError: bad options (checked before anything is written).
+      rsjax.locks.OutputLockedError, DifferentRunError (a different run in workdir),
         rsjax.checkpoint.CorruptedCheckpointError: see train_loop; nothing is written.
       NonFiniteLossError: a non-finite loss, loss term or gradient norm (the message names the
         first such step and its terms); the last good checkpoint is kept, nothing later is saved.
@@ -273,65 +311,101 @@ def fit(
     total_steps = epochs * steps_per_epoch
     if lr_warmup_epochs < 0:
         raise ValueError(f"lr_warmup_epochs must be >= 0, got {lr_warmup_epochs!r}")
-    model = models.make_model(model_name, num_classes=num_classes, dataset=dataset)
-    optimizer = make_optimizer(
-        learning_rate=learning_rate,
-        total_steps=total_steps,
-        momentum=momentum,
-        weight_decay=weight_decay,
-        schedule=schedule,
-        decay_every=decay_every_epochs * steps_per_epoch,
-        warmup_steps=round(lr_warmup_epochs * steps_per_epoch),
-        clip_norm=clip_norm,
-    )
+    registered = isinstance(model, str)
+    model_name = model if registered else type(model).__name__
+    if registered:
+        if num_classes is None:
+            raise ValueError(f"the registered model {model!r} needs num_classes")
+        model = models.make_model(model_name, num_classes=num_classes, dataset=dataset)
+    if isinstance(optimizer, str):
+        if learning_rate is None:
+            raise ValueError(f"optimizer {optimizer!r} needs a learning_rate")
+        optimizer = make_optimizer(
+            learning_rate=learning_rate,
+            total_steps=total_steps,
+            momentum=momentum,
+            weight_decay=weight_decay,
+            schedule=schedule,
+            decay_every=decay_every_epochs * steps_per_epoch,
+            optimizer=optimizer,
+            warmup_steps=round(lr_warmup_epochs * steps_per_epoch),
+            clip_norm=clip_norm,
+        )
+    elif learning_rate is not None:
+        raise ValueError("learning_rate is for optimizer 'sgd' or 'adam', not a transformation")
+    if trainable is not None:  # the parts marked False get zero updates
+        labels_tree = jax.tree.map(lambda t: "train" if t else "frozen", trainable)
+        optimizer = optax.multi_transform(
+            {"train": optimizer, "frozen": optax.set_to_zero()}, labels_tree
+        )
     init_key, data_key, train_key = jax.random.split(key, 3)
-    eval_key = jax.random.fold_in(
-        key, 0x5EED
-    )  # outside the split: adding eval changes nothing else
-    state = init_state(model, init_key, images.shape[1:], optimizer)
-    meta = {
-        "model": model_name,
-        "dataset": dataset,
-        "num_classes": num_classes,
-        "input_shape": list(images.shape[1:]),
-        "sigma": sigma,
-        "loss": loss,
-        "k": k,
-        "loss_options": dict(loss_options or {}),
-        "epochs": epochs,
-        "batch_size": batch_size,
-        "total_steps": total_steps,
-    }
+    eval_key = jax.random.fold_in(key, 0x5EED)  # outside the split: adding eval changes nothing
+    if init_fn is None:
+        variables = models.init_variables(model, init_key, images.shape[1:])
+        models.check_batch_norm(model, variables)
+    else:
+        variables = init_fn(init_key, images.shape[1:])
+    state = TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=variables["params"],
+        model_state=variables.get("batch_stats", {}),
+        opt_state=optimizer.init(variables["params"]),
+    )
+    if callable(loss):
+        if k is not None or loss_options:
+            raise ValueError(
+                "k and loss_options are options of a named loss; a loss_fn has its own"
+            )
+        loss_fn = loss
+    elif sigma is None:
+        raise ValueError(f"loss {loss!r} needs sigma")
+    else:
+        loss_fn = losses.make_loss(
+            loss, model, sigma=sigma, k=1 if k is None else k, **(loss_options or {})
+        )
+    votes = eval_fn is None and eval_images is not None
+    if not registered and (meta is None or votes):
+        num_classes = _num_classes(model, variables, images.shape[1:], num_classes)
+    if votes:
+        if sigma is None or eval_labels is None:
+            raise ValueError("the held-out votes (eval_images) need sigma and eval_labels")
+        logits_fn = models.make_logits_fn(model)
+
+        def vote_eval(key, state):
+            return held_out_votes(
+                key,
+                logits_fn,
+                _variables(state),
+                eval_images,
+                eval_labels,
+                sigma=sigma,
+                num_classes=num_classes,
+                num_noise=eval_noise,
+                max_examples=eval_max,
+                mesh=mesh,
+                after_warmup=int(sharding.gather(state.step)) // steps_per_epoch
+                >= lr_warmup_epochs,
+            )
+
+        eval_fn = vote_eval
+    if meta is None:
+        meta = {"model": model_name, "dataset": dataset, "num_classes": num_classes}
+        meta.update(sigma=sigma, loss=loss if isinstance(loss, str) else _function_name(loss))
+        if isinstance(loss, str):
+            meta.update(k=1 if k is None else k, loss_options=dict(loss_options or {}))
+        if not registered:  # load_for_eval needs the module to rebuild it
+            meta["user_model"] = True
+    meta = dict(meta, input_shape=list(images.shape[1:]), epochs=epochs, batch_size=batch_size)
+    meta["total_steps"] = total_steps
     if microbatches != 1:  # recorded only when used, so that earlier runs still resume
         meta["microbatches"] = microbatches
     if lr_warmup_epochs:
         meta["lr_warmup_epochs"] = lr_warmup_epochs
     if clip_norm is not None:
         meta["clip_norm"] = clip_norm
-    loss_fn = losses.make_loss(loss, model, sigma=sigma, k=k, **(loss_options or {}))
 
-    def evaluate(state):
-        if eval_images is None:
-            return None
-        summary = monitor.smoothed_summary(
-            eval_key,
-            model,
-            _variables(state),
-            eval_images[:eval_max],
-            eval_labels[:eval_max],
-            sigma=sigma,
-            num_classes=num_classes,
-            num_noise=eval_noise,
-            mesh=mesh,
-        )
-        epochs_done = int(sharding.gather(state.step)) // steps_per_epoch
-        return monitor.evaluation_record(
-            summary,
-            num_classes=num_classes,
-            after_warmup=epochs_done >= lr_warmup_epochs,
-            eval_examples=min(eval_max, len(eval_labels)),
-            eval_noise=eval_noise,
-        )
+    def evaluate(state):  # always passed: train_loop checks the metrics at every epoch's end
+        return None if eval_fn is None else eval_fn(eval_key, state)
 
     return train_loop(
         workdir,
@@ -350,11 +424,62 @@ def fit(
         mesh=mesh,
         log_every=log_every,
         show_progress=show_progress,
-        name=f"train {model_name}",
+        name=name or f"train {model_name}",
         eval_fn=evaluate,
         fail_on_collapse=fail_on_collapse,
         on_start=on_start,
     )
+
+
+def held_out_votes(
+    key: jax.Array,
+    logits_fn: Callable,
+    variables,
+    images: np.ndarray,
+    labels: np.ndarray,
+    *,
+    sigma: float,
+    num_classes: int,
+    num_noise: int = 32,
+    max_examples: int = 500,
+    mesh=None,
+    after_warmup: bool = True,
+) -> dict:
+    """fit's held-out evaluation record: the votes of logits_fn(variables, x) on `num_noise` noisy
+    copies of each of the first `max_examples` examples (rsjax.monitor.vote_summary: smoothed
+    accuracy, top_class, top_class_fraction) with the collapse verdict
+    (rsjax.monitor.evaluation_record; chance accuracy counts only when after_warmup)."""
+    summary = monitor.vote_summary(
+        key,
+        logits_fn,
+        variables,
+        images[:max_examples],
+        labels[:max_examples],
+        sigma=sigma,
+        num_classes=num_classes,
+        num_noise=num_noise,
+        mesh=mesh,
+    )
+    return monitor.evaluation_record(
+        summary,
+        num_classes=num_classes,
+        after_warmup=after_warmup,
+        eval_examples=min(max_examples, len(labels)),
+        eval_noise=num_noise,
+    )
+
+
+def _num_classes(model, variables, input_shape, num_classes: int | None) -> int:
+    outputs = models.num_outputs(model, variables, input_shape)
+    if num_classes is not None and num_classes != outputs:
+        raise ValueError(f"num_classes is {num_classes} but {type(model).__name__} has {outputs}")
+    return outputs
+
+
+def _function_name(fn) -> str:
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    return getattr(fn, "__name__", type(fn).__name__)
 
 
 def _steps_per_epoch(num_examples: int, batch_size: int, mesh) -> int:
@@ -712,20 +837,41 @@ def _save(ckpt_dir, state, meta, max_to_keep):
 CERTIFY_OLDER = "pass --step {step} to certify an older one"
 
 
-def load_for_eval(ckpt_dir, step: int | None = None):
-    """(model, variables, meta, step) from a training checkpoint, for certification.
+def checkpoint_dir(path) -> pathlib.Path:
+    """The checkpoints directory of a training workdir (path/checkpoints), or path itself when it
+    is one."""
+    path = pathlib.Path(path)
+    return path / "checkpoints" if (path / "checkpoints").is_dir() else path
 
-    Raises rsjax.checkpoint.CorruptedCheckpointError when the step fails its digest check (a
-    corrupted file would otherwise be certified as the trained model), naming the intact steps and
-    the `--step` that certifies the newest of them.
+
+def load_for_eval(path, step: int | None = None, *, model: nn.Module | None = None):
+    """(model, variables, meta, step) of a training checkpoint of `fit`, for certification.
+
+    path: a training workdir (holding checkpoints/) or its checkpoints directory. step: the
+    newest when None. model: the Flax module the run trained; needed when it was a module of
+    your own (meta user_model), which the checkpoint cannot rebuild. By default the registered
+    model is rebuilt from the meta's model, num_classes and dataset.
+
+    Raises rsjax.checkpoint.CheckpointError when the module is needed and not given, and
+    rsjax.checkpoint.CorruptedCheckpointError when the step fails its digest check (a corrupted
+    file would otherwise be certified as the trained model), naming the intact steps and the
+    `--step` that certifies the newest of them.
     """
+    ckpt_dir = checkpoint_dir(path)
     step, meta = checkpoint.restore_meta(ckpt_dir, step, hint=CERTIFY_OLDER)
-    for field in ("model", "num_classes", "input_shape", "dataset"):
+    needed = ("model", "input_shape") + (() if model else ("num_classes", "dataset"))
+    for field in needed:
         if field not in meta:
             raise checkpoint.CheckpointError(f"checkpoint {ckpt_dir} metadata lacks {field!r}")
-    model = models.make_model(
-        meta["model"], num_classes=meta["num_classes"], dataset=meta["dataset"]
-    )
+    if model is None:
+        if meta.get("user_model"):
+            raise checkpoint.CheckpointError(
+                f"checkpoint {ckpt_dir} holds a {meta['model']}, a module of your own: pass the "
+                "module it trained, load_for_eval(..., model=...), to restore its variables"
+            )
+        model = models.make_model(
+            meta["model"], num_classes=meta["num_classes"], dataset=meta["dataset"]
+        )
     like = models.init_variables(model, jax.random.key(0), meta["input_shape"])
     like = {"params": like["params"], "batch_stats": like.get("batch_stats", {})}
     step, variables, _ = checkpoint.restore(ckpt_dir, step, model_like=like, hint=CERTIFY_OLDER)

@@ -117,7 +117,7 @@ def test_fit_denoiser_rejects_bad_sigma(tmp_path):
         )
 
 
-LINEAR_XHAT = dict(model_name="linear", dataset="mnist", num_classes=3, epochs=1, batch_size=8)
+LINEAR_XHAT = dict(model="linear", dataset="mnist", num_classes=3, epochs=1, batch_size=8)
 
 
 def test_fit_xhat_flags_a_collapsed_classifier(tmp_path):
@@ -152,7 +152,7 @@ def test_fit_xhat_trains_the_classifier_on_xhat_and_loads_for_certification(tmp_
         tmp_path / "xhat",
         images=images,
         labels=labels,
-        model_name="linear",
+        model="linear",
         dataset="mnist",
         num_classes=3,
         denoiser_dir=denoiser_dir,
@@ -174,7 +174,7 @@ def test_fit_xhat_trains_the_classifier_on_xhat_and_loads_for_certification(tmp_
             tmp_path / "other",
             images=images,
             labels=labels,
-            model_name="linear",
+            model="linear",
             dataset="mnist",
             num_classes=3,
             denoiser_dir=denoiser_dir,
@@ -212,7 +212,7 @@ def test_compose_a_clean_classifier_with_a_denoiser(tmp_path):
         tmp_path / "c",
         images=images,
         labels=labels,
-        model_name="linear",
+        model="linear",
         dataset="mnist",
         num_classes=3,
         sigma=0.0,

@@ -45,7 +45,7 @@ def _data(n=96, seed=0):
 
 
 FIT = dict(
-    model_name="lenet",
+    model="lenet",
     dataset="mnist",
     num_classes=4,
     sigma=0.25,
