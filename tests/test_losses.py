@@ -397,3 +397,40 @@ def test_make_loss_builds_by_name_and_checks_options_before_compiling():
     warmed = losses.make_loss("smoothadv", model, sigma=0.25, k=1, eps=0.5, num_steps=1)
     assert list(inspect.signature(plain).parameters) == ["params", "model_state", "batch", "key"]
     assert list(inspect.signature(warmed).parameters)[-1] == "step"
+
+
+def test_train_apply_of_a_module_without_train_and_of_batch_norm():
+    """A module without `train` is applied without it (and keeps model_state {}); a batch-norm
+    module updates its statistics in training mode only; batch statistics on a module without
+    `train` are refused."""
+    import flax.linen as nn
+
+    class Plain(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            return nn.Dense(3)(x.reshape(x.shape[0], -1))
+
+    class NormNoTrain(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            return nn.Dense(3)(nn.BatchNorm(use_running_average=False)(x.reshape(x.shape[0], -1)))
+
+    x = jax.random.uniform(jax.random.key(0), (6, 2, 2, 1))
+    plain = Plain()
+    params = models.init_variables(plain, jax.random.key(1), (2, 2, 1))["params"]
+    logits, state = losses.make_train_apply(plain)(params, {}, x, True)
+    np.testing.assert_array_equal(logits, plain.apply({"params": params}, x))
+    assert state == {}
+    bn = models.make_model("lenet_bn", num_classes=3)
+    variables = models.init_variables(bn, jax.random.key(1), (28, 28, 1))
+    apply_fn = losses.make_train_apply(bn)
+    y = jax.random.uniform(jax.random.key(2), (4, 28, 28, 1))
+    _, updated = apply_fn(variables["params"], variables["batch_stats"], y, True)
+    _, kept = apply_fn(variables["params"], variables["batch_stats"], y, False)
+    changed = jax.tree.map(lambda a, b: bool((a != b).any()), updated, variables["batch_stats"])
+    assert all(jax.tree.leaves(changed))
+    assert kept is variables["batch_stats"]
+    norm = NormNoTrain()
+    stats = models.init_variables(norm, jax.random.key(1), (2, 2, 1))
+    with pytest.raises(ValueError, match="takes no `train` argument"):
+        losses.make_train_apply(norm)(stats["params"], stats["batch_stats"], x, True)

@@ -1,5 +1,6 @@
 """Model registry, shapes, and normalisation inside the model."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -105,3 +106,38 @@ def test_cohen_architectures_normalise_with_his_constants():
     assert models.normalization("resnet50", "mnist") == models.NORMALIZATION["mnist"]
     with pytest.raises(ValueError, match="no normalisation statistics for dataset 'svhn'"):
         models.make_model("cifar_resnet20", num_classes=10, dataset="svhn")
+
+
+class _PlainMLP(nn.Module):
+    """A user's module: no `train` argument."""
+
+    @nn.compact
+    def __call__(self, x):
+        return nn.Dense(3)(nn.relu(nn.Dense(8)(x.reshape(x.shape[0], -1))))
+
+
+class _BatchNormNoTrain(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        x = nn.BatchNorm(use_running_average=True)(x.reshape(x.shape[0], -1))
+        return nn.Dense(3)(x)
+
+
+def test_functional_forms_call_a_module_without_train_without_it():
+    model = _PlainMLP()
+    assert not models.takes_train(model)
+    assert models.takes_train(models.make_model("lenet", num_classes=10))
+    variables = models.init_variables(model, jax.random.key(0), (4, 4, 1))
+    assert set(variables) == {"params"}
+    x = jax.random.uniform(jax.random.key(1), (5, 4, 4, 1))
+    np.testing.assert_array_equal(
+        models.make_logits_fn(model)(variables, x), model.apply(variables, x)
+    )
+    assert models.num_outputs(model, variables, (4, 4, 1)) == 3
+    lenet = models.make_model("lenet", num_classes=7)
+    lenet_vars = models.init_variables(lenet, jax.random.key(0), (28, 28, 1))
+    assert models.num_outputs(lenet, lenet_vars, (28, 28, 1)) == 7
+    models.check_batch_norm(model, variables)  # no statistics: fine
+    bn = _BatchNormNoTrain()
+    with pytest.raises(ValueError, match="takes no `train` argument"):
+        models.check_batch_norm(bn, models.init_variables(bn, jax.random.key(0), (4, 4, 1)))
