@@ -47,9 +47,14 @@ KEY = 11
 _rng = np.random.default_rng(24)
 W = jnp.asarray(_rng.normal(size=(64, K)).astype(np.float32))
 IMAGES = _rng.uniform(size=(40, 8, 8, 1)).astype(np.float32)
+# Index 1766 of the "dataset" holds a copy of image 6 (top-class share 0.61): with this key its
+# candidate on the n0 = 49 selection draws differs from the one on 201, and one of them certifies
+# (found by a search over indices), so a runner whose selection drew n samples would show.
+NEAR_TIE = 1766
+IMAGES = np.concatenate([IMAGES, np.repeat(IMAGES[6:7], NEAR_TIE + 1 - 40, axis=0)])
 # Dataset indices certified: not 0..B-1, so that an index dropped from the noise would show.
-INDICES = np.array([1, 4, 9, 16, 22, 27, 33, 38])
-LABELS = np.asarray(IMAGES.reshape(40, -1) @ np.asarray(W)).argmax(axis=1)
+INDICES = np.array([1, 4, 9, 16, 22, 27, 33, NEAR_TIE])
+LABELS = np.asarray(IMAGES.reshape(len(IMAGES), -1) @ np.asarray(W)).argmax(axis=1)
 LABELS[::3] = (LABELS[::3] + 1) % K  # some labels wrong, so `correct` varies
 
 
@@ -109,6 +114,10 @@ def test_the_problem_is_not_trivial(counts):
     assert 0 < (cohen.prediction != ABSTAIN).sum() < len(INDICES)
     assert np.all((counts_ > 0).sum(axis=1) >= 2)
     assert np.any(tcertify.pb_upper < 1 - tcertify.pa_lower)
+    # The near-tie image: n selection draws would choose another candidate and another answer.
+    more = reference_counts(N, votes.SELECTION)
+    other = certify_from_counts(more, counts_, sigma=SIGMA, alpha=ALPHA)
+    assert other.prediction[-1] != cohen.prediction[-1]
     # The streams differ: the selection counts are not the first n0 estimation draws.
     first = reference_counts(N0, votes.ESTIMATION)
     assert not np.array_equal(first, counts0)
