@@ -58,6 +58,12 @@ MUTANTS = [
         "lower = stats.beta.ppf(alpha, np.minimum(k + 1.0, n), n - k + 1.0)",
     ),
     (
+        "cp_lower_of_k_plus_one_out_of_n",
+        "bounds",
+        "lower = stats.beta.ppf(alpha, np.maximum(k, 1.0), n - k + 1.0)",
+        "lower = stats.beta.ppf(alpha, np.minimum(k + 1.0, n), np.maximum(n - k, 1.0))",
+    ),
+    (
         "cp_lower_nonzero_at_k0",
         "bounds",
         "return np.where(k == 0, 0.0, lower)",
@@ -238,6 +244,18 @@ MUTANTS = [
         "votes",
         "jax.random.fold_in(jax.random.fold_in(key, i), stream)",
         "jax.random.fold_in(key, stream)",
+    ),
+    (
+        "noise_at_2sigma",
+        "votes",
+        "return image + sigma * eps",
+        "return image + 2 * sigma * eps",
+    ),
+    (
+        "noise_one_draw_for_every_sample",
+        "votes",
+        "jax.random.fold_in(example_key, j)",
+        "example_key",
     ),
     (
         "votes_padded_samples_counted",

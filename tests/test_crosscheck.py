@@ -139,6 +139,40 @@ def test_the_problem_is_not_trivial(counts):
     assert len({tuple(row) for row in twice}) > len(INDICES) // 2
 
 
+def test_votes_follow_the_gaussian_closed_form():
+    """The draws are x + sigma * N(0, I) in pixel units, independent across draws: a linear two-class
+    classifier votes class 0 with probability Phi((w.x + b) / (sigma ||w||)). Over 8 images x 4,000
+    draws each count stays within 5 binomial standard deviations of that (a correct rsjax fails this
+    with probability < 1e-5); noise at 2 sigma, or one draw reused for every sample, is far outside."""
+    w = np.asarray(W)[:, 0] - np.asarray(W)[:, 1]
+    x = IMAGES[INDICES]
+    b = -float(np.median(x.reshape(len(x), -1) @ w))  # margins on both sides of the hyperplane
+    params = (jnp.asarray(w), jnp.float32(b))
+    counts = votes.count_votes(
+        jax.random.key(KEY),
+        two_class_logits,
+        params,
+        x,
+        INDICES,
+        sigma=SIGMA,
+        num_classes=2,
+        num_samples=4000,
+        chunk_size=500,
+        stream=votes.ESTIMATION,
+    )
+    margin = (x.reshape(len(x), -1).astype(np.float64) @ w + b) / np.linalg.norm(w)
+    p0 = stats.norm.cdf(margin / SIGMA)
+    assert np.all((p0 > 0.05) & (p0 < 0.95))  # every image is informative about sigma
+    sd = np.sqrt(4000 * p0 * (1 - p0))
+    assert np.all(np.abs(counts[:, 0] - 4000 * p0) < 5 * sd), (counts[:, 0] / 4000, p0)
+
+
+def two_class_logits(params, x):
+    w, b = params
+    s = x.reshape(x.shape[0], -1) @ w + b
+    return jnp.stack([s, -s], axis=-1)
+
+
 # --------------------------------------------------------------------------------------------------
 # 0. The count-level function against a naive scipy reference at its levels (REFERENCE 1, 2)
 
