@@ -143,9 +143,11 @@ DENOISER_OLDER = (
 )
 
 
-def load_denoiser(ckpt_dir, step: int | None = None):
-    """(score_fn, params, meta, step) of a `fit_denoiser` checkpoint; a step that fails its
-    digest check raises rsjax.checkpoint.CorruptedCheckpointError naming the intact steps."""
+def load_denoiser(path, step: int | None = None):
+    """(score_fn, params, meta, step) of a `fit_denoiser` checkpoint, from its workdir or its
+    checkpoints directory; a step that fails its digest check raises
+    rsjax.checkpoint.CorruptedCheckpointError naming the intact steps."""
+    ckpt_dir = train.checkpoint_dir(path)
     step, meta = checkpoint.restore_meta(ckpt_dir, step, hint=DENOISER_OLDER)
     if meta.get("kind") != "denoiser":
         raise checkpoint.CheckpointError(
