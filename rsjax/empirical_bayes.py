@@ -22,9 +22,11 @@ NeurIPS 2019 (SmoothAdv); rsjax REFERENCE section 4.
 """
 
 import functools
+import os
 import pathlib
-from typing import Callable
+from typing import Any, Callable
 
+import flax.linen as nn
 import jax
 import numpy as np
 
@@ -77,7 +79,7 @@ def make_eb_train_apply(
 
 def fit_denoiser(
     key: jax.Array,
-    workdir,
+    workdir: str | os.PathLike,
     *,
     images: np.ndarray,
     score_model: str,
@@ -86,7 +88,7 @@ def fit_denoiser(
     learning_rate: float = 1e-3,
     eval_images: np.ndarray | None = None,
     eval_max: int = 1000,
-    **options,
+    **options: Any,
 ) -> train.TrainState:
     """Learns the score of Y = X + N(0, sigma^2 I) on `images` by denoising; resumes from `workdir`.
 
@@ -143,7 +145,9 @@ DENOISER_OLDER = (
 )
 
 
-def load_denoiser(path, step: int | None = None):
+def load_denoiser(
+    path: str | os.PathLike, step: int | None = None
+) -> tuple[score.ScoreFn, Any, dict, int]:
     """(score_fn, params, meta, step) of a `fit_denoiser` checkpoint, from its workdir or its
     checkpoints directory; a step that fails its digest check raises
     rsjax.checkpoint.CorruptedCheckpointError naming the intact steps."""
@@ -167,14 +171,14 @@ def load_denoiser(path, step: int | None = None):
 
 def fit_xhat(
     key: jax.Array,
-    workdir,
+    workdir: str | os.PathLike,
     *,
     images: np.ndarray,
     labels: np.ndarray,
     model: str,
     dataset: str,
     num_classes: int,
-    denoiser_dir,
+    denoiser_dir: str | os.PathLike,
     eps: float,
     num_steps: int = 1,
     k: int = 1,
@@ -185,8 +189,8 @@ def fit_xhat(
     eval_labels: np.ndarray | None = None,
     eval_noise: int = 32,
     eval_max: int = 500,
-    mesh=None,
-    **options,
+    mesh: jax.sharding.Mesh | None = None,
+    **options: Any,
 ) -> train.TrainState:
     """XHAT(eps): trains the registered classifier `model` end-to-end on xhat of the denoiser in
     `denoiser_dir` at SmoothAdv points, at the denoiser's sigma; resumes from `workdir`.
@@ -204,9 +208,7 @@ def fit_xhat(
     Returns:
       The final TrainState, params {"classifier", "score"}; meta kind "eb_classifier".
     """
-    score_fn, score_params, denoiser_meta, denoiser_step = load_denoiser(
-        pathlib.Path(denoiser_dir) / "checkpoints"
-    )
+    score_fn, score_params, denoiser_meta, denoiser_step = load_denoiser(denoiser_dir)
     if sigma is not None and float(sigma) != float(denoiser_meta["sigma"]):
         raise ValueError(
             f"sigma {sigma} requested but the denoiser in {denoiser_dir} was trained at "
@@ -233,18 +235,16 @@ def fit_xhat(
         variables = models.init_variables(classifier, key, input_shape)
         return dict(variables, params={"classifier": variables["params"], "score": score_params})
 
-    mesh = sharding.batch_mesh() if mesh is None else mesh
     score_model = denoiser_meta["score_model"]
     logits_fn = eb_logits_fn_for(model, dataset, num_classes, score_model, sigma)
 
-    def evaluate(key, state):
+    def evaluate(key, state):  # the votes of the EB classifier f(xhat(y))
         if eval_images is None:
             return None
-        variables = _eb_variables(state)
         return train.held_out_votes(
             key,
             logits_fn,
-            variables,
+            _eb_variables(state),
             eval_images,
             eval_labels,
             sigma=sigma,
@@ -374,7 +374,9 @@ def walk_jump_logits_fn_for(
     )
 
 
-def load_for_eval(path, step: int | None = None, *, model=None):
+def load_for_eval(
+    path: str | os.PathLike, step: int | None = None, *, model: nn.Module | None = None
+) -> tuple[Callable, Any, dict, int]:
     """(logits_fn, params, meta, step) of any classifier checkpoint: a plain rsjax.train.fit one or a
     `fit_xhat` one (kind "eb_classifier"); a denoiser checkpoint alone is not a classifier.
     path: a training workdir or its checkpoints directory; model: the module of a plain run that

@@ -16,6 +16,7 @@ AAAI 2020 (ADRE); Zhai et al., ICLR 2020 (MACER); rsjax REFERENCE section 3.
 import inspect
 from typing import Any, Callable
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
@@ -27,7 +28,7 @@ from rsjax import attacks, models
 TrainApplyFn = Callable[[Any, Any, jax.Array, bool], tuple[jax.Array, Any]]
 
 
-def make_train_apply(model) -> TrainApplyFn:
+def make_train_apply(model: nn.Module) -> TrainApplyFn:
     """The (params, model_state, x, train) -> (logits, model_state) form of a Flax linen module.
 
     With train True a module with batch norm updates its statistics (mutable "batch_stats"). A

@@ -192,7 +192,7 @@ class NonFiniteLossError(FloatingPointError):
 
 def fit(
     key: jax.Array,
-    workdir,
+    workdir: str | os.PathLike,
     *,
     model: nn.Module | str,
     loss: str | Callable = "gaussian",
@@ -222,7 +222,7 @@ def fit(
     checkpoint_every: int = 0,
     max_to_keep: int = 3,
     stop_after_step: int | None = None,
-    mesh=None,
+    mesh: jax.sharding.Mesh | None = None,
     log_every: int = 50,
     show_progress: bool = True,
     eval_images: np.ndarray | None = None,
@@ -434,7 +434,7 @@ def fit(
 def held_out_votes(
     key: jax.Array,
     logits_fn: Callable,
-    variables,
+    variables: Any,
     images: np.ndarray,
     labels: np.ndarray,
     *,
@@ -442,7 +442,7 @@ def held_out_votes(
     num_classes: int,
     num_noise: int = 32,
     max_examples: int = 500,
-    mesh=None,
+    mesh: jax.sharding.Mesh | None = None,
     after_warmup: bool = True,
 ) -> dict:
     """fit's held-out evaluation record: the votes of logits_fn(variables, x) on `num_noise` noisy
@@ -837,14 +837,16 @@ def _save(ckpt_dir, state, meta, max_to_keep):
 CERTIFY_OLDER = "pass --step {step} to certify an older one"
 
 
-def checkpoint_dir(path) -> pathlib.Path:
+def checkpoint_dir(path: str | os.PathLike) -> pathlib.Path:
     """The checkpoints directory of a training workdir (path/checkpoints), or path itself when it
     is one."""
     path = pathlib.Path(path)
     return path / "checkpoints" if (path / "checkpoints").is_dir() else path
 
 
-def load_for_eval(path, step: int | None = None, *, model: nn.Module | None = None):
+def load_for_eval(
+    path: str | os.PathLike, step: int | None = None, *, model: nn.Module | None = None
+) -> tuple[nn.Module, dict, dict, int]:
     """(model, variables, meta, step) of a training checkpoint of `fit`, for certification.
 
     path: a training workdir (holding checkpoints/) or its checkpoints directory. step: the
