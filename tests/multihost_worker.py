@@ -46,7 +46,7 @@ state = train.fit(
     workdir / "train",
     images=images,
     labels=labels,
-    model_name="lenet",
+    model="lenet",
     dataset="mnist",
     num_classes=4,
     sigma=0.25,
