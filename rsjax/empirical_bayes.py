@@ -58,7 +58,7 @@ def make_eb_logits_fn(
 
 
 def make_eb_train_apply(
-    classifier_model, score_fn: score.ScoreFn, *, sigma: float, finetune: bool
+    classifier_model: nn.Module, score_fn: score.ScoreFn, *, sigma: float, finetune: bool
 ) -> losses.TrainApplyFn:
     """The rsjax.losses form apply_fn(params, model_state, y, train) of f(xhat(y)); params as in
     `make_eb_logits_fn`, model_state the classifier's batch statistics. With finetune False no
@@ -313,7 +313,13 @@ def eb_logits_fn_for(
     return make_eb_logits_fn(models.make_logits_fn(classifier), _score_fn(score_model), sigma=sigma)
 
 
-def compose(classifier_dir, denoiser_dir, *, classifier_step=None, denoiser_step=None):
+def compose(
+    classifier_dir: str | os.PathLike,
+    denoiser_dir: str | os.PathLike,
+    *,
+    classifier_step: int | None = None,
+    denoiser_step: int | None = None,
+) -> tuple[Callable, dict, dict]:
     """Setting (a): a classifier checkpoint of rsjax.train.fit used on xhat of a denoiser checkpoint.
 
     Returns (logits_fn, params, meta): params {"classifier", "score"}; meta the classifier's, with the

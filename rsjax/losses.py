@@ -14,6 +14,7 @@ AAAI 2020 (ADRE); Zhai et al., ICLR 2020 (MACER); rsjax REFERENCE section 3.
 """
 
 import inspect
+from collections.abc import Mapping
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -26,6 +27,10 @@ from rsjax import attacks, models
 
 # apply_fn(params, model_state, x, train) -> (logits, new_model_state)
 TrainApplyFn = Callable[[Any, Any, jax.Array, bool], tuple[jax.Array, Any]]
+# (loss, (new_model_state, metrics)): what every loss returns, the has_aux form of jax.value_and_grad.
+LossResult = tuple[jax.Array, tuple[Any, dict[str, jax.Array]]]
+# loss_fn(params, model_state, batch, key[, step]) -> LossResult (make_loss; rsjax.train.fit's loss).
+LossFn = Callable[..., LossResult]
 
 
 def make_train_apply(model: nn.Module) -> TrainApplyFn:
@@ -59,8 +64,15 @@ def noisy_copies(key: jax.Array, x: jax.Array, *, sigma: float, k: int) -> jax.A
 
 
 def gaussian_augmentation_loss(
-    params, model_state, batch, key, *, apply_fn: TrainApplyFn, sigma: float, k: int = 1
-):
+    params: Any,
+    model_state: Any,
+    batch: Mapping[str, jax.Array],
+    key: jax.Array,
+    *,
+    apply_fn: TrainApplyFn,
+    sigma: float,
+    k: int = 1,
+) -> LossResult:
     """Cohen et al.'s noise-augmented cross-entropy: mean over i, j of CE(f(x_i + sigma eps_ij), y_i).
 
     Args:
@@ -112,16 +124,16 @@ def strongest_wrong_class(G: jax.Array, labels: jax.Array) -> jax.Array:
 
 
 def adre_loss(
-    params,
-    model_state,
-    batch,
-    key,
+    params: Any,
+    model_state: Any,
+    batch: Mapping[str, jax.Array],
+    key: jax.Array,
     *,
     apply_fn: TrainApplyFn,
     sigma: float,
     k: int,
     lam: float,
-):
+) -> LossResult:
     """ADRE, the adaptive radius-enhancing regulariser, in the published reconstruction rsjax follows.
 
     Feng et al.'s exact formula is not available; rsjax uses the reconstruction of REFERENCE section 3:
@@ -156,10 +168,10 @@ def adre_loss(
 
 
 def macer_loss(
-    params,
-    model_state,
-    batch,
-    key,
+    params: Any,
+    model_state: Any,
+    batch: Mapping[str, jax.Array],
+    key: jax.Array,
     *,
     apply_fn: TrainApplyFn,
     sigma: float,
@@ -168,8 +180,8 @@ def macer_loss(
     gamma: float = 8.0,
     beta: float = 16.0,
     warmup_steps: int = 0,
-    step=0,
-):
+    step: int | jax.Array = 0,
+) -> LossResult:
     """MACER: cross-entropy of the soft smoothed classifier plus a hinge on its certified margin.
 
       G_i = (1/k) sum_j softmax(f(x_ij)),  G^beta_i = (1/k) sum_j softmax(beta * f(x_ij)),
@@ -224,19 +236,19 @@ def macer_loss(
 
 
 def attacked_batch(
-    params,
-    model_state,
-    batch,
-    key,
+    params: Any,
+    model_state: Any,
+    batch: Mapping[str, jax.Array],
+    key: jax.Array,
     *,
-    apply_fn,
-    sigma,
-    eps,
-    num_steps,
-    num_noise,
-    warmup_steps,
-    step,
-):
+    apply_fn: TrainApplyFn,
+    sigma: float,
+    eps: float,
+    num_steps: int,
+    num_noise: int,
+    warmup_steps: int,
+    step: int | jax.Array,
+) -> tuple[dict[str, jax.Array], jax.Array]:
     """The batch with its images replaced by SmoothAdv points x' (no gradient flows through x').
 
     The attack runs the model in evaluation mode with the current batch-norm statistics, against the
@@ -263,13 +275,27 @@ def attacked_batch(
 
 
 def smoothadv_loss(
-    params, model_state, batch, key, *, apply_fn, sigma, k, eps, num_steps, warmup_steps=0, step=0
-):
+    params: Any,
+    model_state: Any,
+    batch: Mapping[str, jax.Array],
+    key: jax.Array,
+    *,
+    apply_fn: TrainApplyFn,
+    sigma: float,
+    k: int,
+    eps: float,
+    num_steps: int,
+    warmup_steps: int = 0,
+    step: int | jax.Array = 0,
+) -> LossResult:
     """SmoothAdv training (Salman et al., NeurIPS 2019): Gaussian augmentation at attacked points.
 
     x'_i = SmoothAdv(x_i) with m = k noise draws and `num_steps` steps (rsjax.attacks); the loss is
     mean over i, j of CE(f(x'_i + sigma eps_ij), y_i) on k fresh noisy copies (Salman et al.'s code
     reuses the attack's draws; fresh draws are rsjax's choice, as for ADRE-ADV below).
+
+    Returns `gaussian_augmentation_loss`'s (loss, (new_model_state, metrics)), metrics with "eps"
+    added: the attack radius in force at this step (warmed up over `warmup_steps`).
     """
     return _at_attacked_point(
         gaussian_augmentation_loss,
@@ -287,23 +313,25 @@ def smoothadv_loss(
 
 
 def adre_adv_loss(
-    params,
-    model_state,
-    batch,
-    key,
+    params: Any,
+    model_state: Any,
+    batch: Mapping[str, jax.Array],
+    key: jax.Array,
     *,
-    apply_fn,
-    sigma,
-    k,
-    lam,
-    eps,
-    num_steps,
-    num_noise=1,
-    warmup_steps=0,
-    step=0,
-):
+    apply_fn: TrainApplyFn,
+    sigma: float,
+    k: int,
+    lam: float,
+    eps: float,
+    num_steps: int,
+    num_noise: int = 1,
+    warmup_steps: int = 0,
+    step: int | jax.Array = 0,
+) -> LossResult:
     """ADRE-ADV (Feng et al., AAAI 2020): ADRE (`adre_loss`) at the SmoothAdv point x' of each example,
-    on k fresh noisy copies x' + sigma eps_ij; the attack uses `num_noise` draws, `num_steps` steps."""
+    on k fresh noisy copies x' + sigma eps_ij; the attack uses `num_noise` draws, `num_steps` steps.
+    Returns `adre_loss`'s (loss, (new_model_state, metrics)), metrics with "eps" added (the attack
+    radius in force at this step)."""
     return _at_attacked_point(
         adre_loss,
         params,
@@ -343,7 +371,7 @@ LOSSES = {
 }
 
 
-def make_loss(name: str, model, *, sigma: float, k: int, **options) -> Callable:
+def make_loss(name: str, model: nn.Module, *, sigma: float, k: int, **options: Any) -> LossFn:
     """loss_fn(params, model_state, batch, key[, step]) for rsjax.train.make_train_step, from the
     loss `name` of LOSSES with its k and keyword options; unknown or missing options raise ValueError
     here, before anything is compiled."""

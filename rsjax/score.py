@@ -137,7 +137,7 @@ def make_score_model(name: str) -> nn.Module:
     return SCORE_MODELS[name]()
 
 
-def init_params(model: nn.Module, key: jax.Array, example_shape) -> Any:
+def init_params(model: nn.Module, key: jax.Array, example_shape: Sequence[int]) -> Any:
     """The model's parameters for examples of `example_shape` (without the batch axis)."""
     return model.init(key, jnp.zeros((1, *example_shape), jnp.float32))["params"]
 

@@ -20,6 +20,7 @@ import pathlib
 import signal
 import time
 import warnings
+from collections.abc import Sequence
 from typing import Any, Callable, NamedTuple
 
 import flax.linen as nn
@@ -38,6 +39,10 @@ class TrainState(NamedTuple):
     params: Any
     model_state: Any
     opt_state: Any
+
+
+# step(state, batch, train_key) -> (state, metrics): the jitted step of make_train_step.
+TrainStepFn = Callable[[TrainState, dict[str, jax.Array], jax.Array], tuple[TrainState, dict]]
 
 
 def make_optimizer(
@@ -102,8 +107,14 @@ def make_optimizer(
     raise ValueError(f"unknown optimizer {optimizer!r}; use 'sgd' or 'adam'")
 
 
-def init_state(model, key: jax.Array, input_shape, optimizer) -> TrainState:
-    """Fresh TrainState at step 0."""
+def init_state(
+    model: nn.Module,
+    key: jax.Array,
+    input_shape: Sequence[int],
+    optimizer: optax.GradientTransformation,
+) -> TrainState:
+    """Fresh TrainState at step 0: the model's variables for inputs of `input_shape` (without the
+    batch axis) drawn from key (rsjax.models.init_variables), and the optimizer's state for them."""
     variables = models.init_variables(model, key, input_shape)
     params = variables["params"]
     return TrainState(
@@ -115,8 +126,8 @@ def init_state(model, key: jax.Array, input_shape, optimizer) -> TrainState:
 
 
 def make_train_step(
-    loss_fn: Callable, optimizer: optax.GradientTransformation, *, microbatches: int = 1
-):
+    loss_fn: losses.LossFn, optimizer: optax.GradientTransformation, *, microbatches: int = 1
+) -> TrainStepFn:
     """Jitted step(state, batch, train_key) -> (state, metrics); noise key = fold_in(train_key, step).
 
     loss_fn(params, model_state, batch, key) -> (loss, (model_state, metrics)); a loss_fn with a
@@ -195,7 +206,7 @@ def fit(
     workdir: str | os.PathLike,
     *,
     model: nn.Module | str,
-    loss: str | Callable = "gaussian",
+    loss: str | losses.LossFn = "gaussian",
     images: np.ndarray,
     labels: np.ndarray | None = None,
     epochs: int,
@@ -491,10 +502,10 @@ def _steps_per_epoch(num_examples: int, batch_size: int, mesh) -> int:
 
 
 def train_loop(
-    workdir,
+    workdir: str | os.PathLike,
     *,
     state: TrainState,
-    train_step: Callable,
+    train_step: TrainStepFn,
     meta: dict,
     images: np.ndarray,
     labels: np.ndarray | None,
@@ -505,7 +516,7 @@ def train_loop(
     checkpoint_every: int = 0,
     max_to_keep: int = 3,
     stop_after_step: int | None = None,
-    mesh=None,
+    mesh: jax.sharding.Mesh | None = None,
     log_every: int = 50,
     show_progress: bool = True,
     name: str = "train",
@@ -530,6 +541,8 @@ def train_loop(
       meta: JSON-able description of the run, saved with every checkpoint.
       images, labels: the training set; batch = {"image", "label"} ({"image"} when labels is None).
       data_key: epoch e's order is a permutation drawn from fold_in(data_key, e).
+      mesh: the one-axis device mesh the batches are sharded over and the state replicated on
+        (default: rsjax.sharding.batch_mesh(), all devices); batch_size must be divisible by its size.
       eval_fn: called after every full epoch with the state; the dict it returns (None: nothing)
         is logged to metrics.jsonl with the step and epoch and shown on the progress line. If it
         holds `collapsed: True`, its `collapse_reason` is shown and a rsjax.monitor.CollapseWarning
