@@ -107,7 +107,8 @@ def _select_split(counts0, top, sigma, alpha, n, grid):
     """Chooses alpha_B per example from the selection counts only (REFERENCE 2, way (a)).
 
     Predicts the radius each split would give if the estimation counts were the selection frequencies
-    scaled to n draws, and keeps the best (the smallest fraction on ties). It never looks at the
+    scaled to n draws, and keeps the best (the smallest fraction on ties; the grid's first fraction
+    where no split would certify, so the choice is always in the grid). It never looks at the
     estimation counts, so the chosen split is independent of them and the full alpha stays valid.
     """
     n0 = counts0.sum(axis=1, keepdims=True)
@@ -116,7 +117,7 @@ def _select_split(counts0, top, sigma, alpha, n, grid):
     projected[np.arange(len(top)), top] += n - projected.sum(axis=1)
     projected = np.clip(projected, 0, None)
     best_radius = np.full(len(top), -np.inf)
-    best_fraction = np.zeros(len(top))
+    best_fraction = np.full(len(top), grid[0])  # where no split certifies: the grid's first
     for fraction in grid:
         r, _, _ = _two_sided(projected, top, sigma, (1 - fraction) * alpha, fraction * alpha)
         better = r > best_radius

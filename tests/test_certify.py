@@ -653,3 +653,18 @@ def test_certify_from_counts_warns_when_n_can_never_certify():
         warnings.simplefilter("error")
         cert = certify_from_counts(counts + 1, np.array([[10, 0]]), sigma=0.25, alpha=1e-3)
     assert cert.prediction[0] == 0
+
+
+def test_selection_split_stays_in_the_grid_when_nothing_would_certify():
+    """A tied selection count projects to an abstention for every split; the split used is then the
+    grid's first fraction (0.25 here), not 0, which the caller's grid does not hold: pA_lower is the
+    Clopper-Pearson bound at (1 - 0.25) alpha."""
+    cert = certify_from_counts(
+        np.array([[50, 50, 0]]),
+        np.array([[900, 60, 40]]),
+        sigma=0.5,
+        alpha=0.01,
+        method="tcertify",
+        split_grid=(0.25, 0.5),
+    )
+    np.testing.assert_allclose(cert.pa_lower, stats.beta.ppf(0.75 * 0.01, 900, 101), rtol=1e-12)
