@@ -19,6 +19,13 @@ variables dict into them:
   PyTorch's padding=1 pads 1 on both sides (a shifted sampling grid); the PyTorch ResNet pads
   explicitly as XLA does.
 
+A dataset split, certified by the reference loop into the standard TSV (`certify_split`; resumes
+as experiments/certify.py does, through rsjax.records.CertificationTSV), from a PyTorch checkpoint
+file read by PyTorch itself (`load_torch_model`: a bare LeNet state_dict, or Cohen et al.'s dict):
+
+  python benchmarks/torch_reference.py CKPT --arch lenet --dataset fashion_mnist --sigma 0.25 \
+      --skip 20 --n0 100 --n 10000 --alpha 0.001 --out runs/x/pytorch.tsv
+
 PyTorch is an optional benchmark extra (`pip install -e ".[bench]"`); nothing in rsjax imports this
 file. Importing it sets torch to THREADS (2) intra-op threads.
 
@@ -27,6 +34,7 @@ released PyTorch code this mirrors); rsjax REFERENCE section 1.
 """
 
 import math
+import time
 from typing import NamedTuple, Sequence
 
 import numpy as np
@@ -330,3 +338,178 @@ def reference_counts_from_noise(model, x, noise, *, num_classes: int, batch: int
             predictions = model(to_nchw(noisy[s : s + batch])).argmax(1)
             counts += np.bincount(predictions.numpy(), minlength=num_classes)
     return counts
+
+
+# --------------------------------------------------------------------------------------------------
+# A dataset split, certified by the reference loop into the standard TSV.
+
+
+def image_generator(seed: int, idx: int) -> torch.Generator:
+    """The reference noise of dataset image `idx`: a torch.Generator seeded from (seed, idx), so a
+    resumed run draws what an uninterrupted one would (not rsjax's noise: the two are independent)."""
+    return torch.Generator().manual_seed(int(seed) * 1_000_003 + int(idx))
+
+
+def certify_split(
+    model,
+    images,
+    labels,
+    indices,
+    *,
+    output,
+    sigma: float,
+    n0: int,
+    n: int,
+    alpha: float,
+    num_classes: int,
+    batch: int = 1000,
+    seed: int = 0,
+    settings: dict | None = None,
+    sidecar: dict | None = None,
+    log=None,
+):
+    """reference_certify on images[i] for i in `indices`, one at a time, each row appended to the
+    standard TSV `output` (idx label predict radius correct time; rsjax.records.CertificationTSV,
+    with its JSON sidecar and resume: rerun with the same settings, it continues after the last
+    row). images: NHWC float32 in [0,1]; the noise of image i comes from image_generator(seed, i).
+    Returns the sidecar path."""
+    from rsjax import records  # the TSV format and its resume checks, shared with rsjax's runs
+
+    settings = dict(
+        settings or {}, sigma=sigma, n0=n0, n=n, alpha=alpha, batch=batch, seed=seed, method="cohen"
+    )
+    start = time.perf_counter()
+    with records.CertificationTSV(
+        output, settings, indices=indices, num_classes=num_classes
+    ) as tsv:
+        resumed = len(tsv.done)
+        todo = [int(i) for i in indices][resumed:]
+        for k, i in enumerate(todo):
+            t0 = time.perf_counter()
+            cert = reference_certify(
+                model,
+                to_nchw(images[i]),
+                n0=n0,
+                n=n,
+                alpha=alpha,
+                sigma=sigma,
+                num_classes=num_classes,
+                batch=batch,
+                generator=image_generator(seed, i),
+            )
+            label = int(labels[i])
+            tsv.append(
+                [
+                    (
+                        i,
+                        label,
+                        cert.prediction,
+                        cert.radius,
+                        int(cert.prediction == label),
+                        time.perf_counter() - t0,
+                    )
+                ]
+            )
+            if log and (k + 1) % 25 == 0:
+                log(f"{resumed + k + 1}/{len(indices)} images, {time.perf_counter() - start:.0f} s")
+        tsv.write_sidecar(
+            dict(
+                sidecar or {},
+                complete=True,
+                examples_done=len(tsv.done),
+                resumed_from=resumed,
+                seconds_this_run=time.perf_counter() - start,
+                torch_version=torch.__version__,
+                torch_threads=torch.get_num_threads(),
+            )
+        )
+        return tsv.sidecar
+
+
+def load_torch_model(path, arch: str, dataset: str, num_classes: int = 10):
+    """The PyTorch model of a checkpoint file, in eval mode, taking NCHW images in [0, 1]: a bare
+    LeNet state_dict (keys conv1, conv2, fc1, fc2) behind a Normalize with rsjax's constants for
+    (lenet, dataset), or Cohen et al.'s dict for his architectures (benchmarks/torch_twins.py).
+    Read with torch.load(weights_only=True)."""
+    import torch_twins  # a sibling module (benchmarks/ on the path)
+
+    loaded = torch.load(path, map_location="cpu", weights_only=True)
+    if arch == "lenet":
+        shape = {"mnist": (28, 28, 1), "fashion_mnist": (28, 28, 1), "cifar10": (32, 32, 3)}
+        net = torch_twins.LeNet(num_classes, shape[dataset])
+        net.load_state_dict(loaded)
+        mean, std = flax_models.normalization("lenet", dataset)
+        return nn.Sequential(torch_twins.Normalize(mean, std), net).eval()
+    model = torch_twins.make_twin(arch, num_classes=num_classes)
+    model.load_state_dict(loaded["state_dict"] if "state_dict" in loaded else loaded)
+    return model.eval()
+
+
+def main(argv=None):
+    """python benchmarks/torch_reference.py CKPT --arch lenet --dataset fashion_mnist --sigma 0.25
+    --skip 20 --n0 100 --n 10000 --alpha 0.001 --out ref.tsv: the reference loop over a test split
+    (every --skip-th image of rsjax.data.load's split, the idx of experiments/certify.py)."""
+    import argparse
+    import hashlib
+    import pathlib
+
+    from rsjax import data, records
+
+    p = argparse.ArgumentParser(description="certify a dataset split with the reference loop")
+    p.add_argument("checkpoint")
+    p.add_argument("--arch", required=True, help="lenet, cifar_resnet20, cifar_resnet110, resnet50")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--split", default="test")
+    p.add_argument("--sigma", type=float, required=True)
+    p.add_argument("--n0", type=int, default=100)
+    p.add_argument("--n", type=int, default=100_000)
+    p.add_argument("--alpha", type=float, default=0.001)
+    p.add_argument("--skip", type=int, default=1)
+    p.add_argument("--max", type=int, default=-1)
+    p.add_argument("--batch", type=int, default=1000, help="noisy copies per forward pass")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=THREADS)
+    p.add_argument("--data-source-dir", default=None)
+    p.add_argument("--out", required=True, help="the TSV to write (resumes)")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    split = data.load(args.dataset, args.split, source_dir=args.data_source_dir)
+    stop = len(split.labels) if args.max < 0 else min(args.max, len(split.labels))
+    indices = np.arange(0, stop, args.skip)
+    model = load_torch_model(args.checkpoint, args.arch, args.dataset)
+    sha256 = hashlib.sha256(pathlib.Path(args.checkpoint).read_bytes()).hexdigest()
+    env = records.environment()
+    sidecar = certify_split(
+        model,
+        split.images,
+        split.labels,
+        indices,
+        output=args.out,
+        sigma=args.sigma,
+        n0=args.n0,
+        n=args.n,
+        alpha=args.alpha,
+        num_classes=10 if args.arch != "resnet50" else 1000,
+        batch=args.batch,
+        seed=args.seed,
+        settings={
+            "dataset": args.dataset,
+            "split": args.split,
+            "skip": args.skip,
+            "max": args.max,
+            "checkpoint_sha256": sha256,
+        },
+        sidecar={
+            "implementation": "benchmarks/torch_reference.py",
+            "checkpoint": args.checkpoint,
+            "processor": env["platform"],
+            "versions": env["versions"],
+            "git_commit": env["git_commit"],
+        },
+        log=lambda line: print(line, flush=True),
+    )
+    print(f"wrote {args.out} ({sidecar})")
+
+
+if __name__ == "__main__":
+    main()

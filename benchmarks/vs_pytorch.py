@@ -2,10 +2,20 @@
 
   python benchmarks/vs_pytorch.py [--models lenet resnet20] [--images 20] [--n0 100] [--n 10000]
       [--batch 1000] [--repeats 3] [--threads 2] [--workdir RUN] [--quick]
+  python benchmarks/vs_pytorch.py --imported cifar_resnet110 --images 1 --n 1000 --repeats 2
+  python benchmarks/vs_pytorch.py --imported resnet50 --images 1 --n 200 --batch 100 --chunk 100 \
+      --repeats 1
 
 Needs the benchmark extra (pip install -e ".[bench]": PyTorch). For each model: random-init Flax
 variables (or the checkpoint of --workdir, through rsjax.train.load_for_eval), copied into the PyTorch
 twin by benchmarks/torch_reference.py's from_flax; the same --images random images in [0,1] for both.
+
+--imported ARCH goes the other way, as a user with a PyTorch checkpoint would: a PyTorch model in
+the layout of Cohen et al.'s checkpoints (benchmarks/torch_twins.py: cifar_resnet20/110, torchvision's
+resnet50), random weights with batch-norm statistics of random images, is saved in his checkpoint
+format and read back by rsjax.torch_import.load_checkpoint; the reference runs the PyTorch model
+itself, rsjax the imported one. The row records the largest logit difference of the two on the
+benchmark's images (same weights: float32 rounding only).
 
 - rsjax: one call of rsjax.certify (rsjax/certify.py) on all the images (n0 selection and n estimation draws per
   image, default chunk size and example batch of 8, counts on the device, Clopper-Pearson on the host).
@@ -27,6 +37,7 @@ import os
 import shlex
 import statistics
 import sys
+import tempfile
 import time
 
 import jax
@@ -34,9 +45,10 @@ import jax.numpy as jnp
 import numpy as np
 import torch
 import torch_reference  # benchmarks/ is on the path when this file runs as a script
+import torch_twins
 
 import rsjax
-from rsjax import models, records, train, votes
+from rsjax import models, records, torch_import, train, votes
 
 DEFAULT_OUT = "benchmarks/results/vs_pytorch.jsonl"
 SHAPES = {"lenet": (28, 28, 1), "resnet20": (32, 32, 3), "resnet110": (32, 32, 3)}
@@ -56,6 +68,17 @@ def parse_args(argv):
     p.add_argument("--batch", type=int, default=1000, help="reference: noisy copies per forward")
     p.add_argument(
         "--chunk", type=int, default=None, help="rsjax chunk size (default: its platform default)"
+    )
+    p.add_argument(
+        "--rsjax-batch", type=int, default=RSJAX_BATCH, help="rsjax: examples per device call"
+    )
+    p.add_argument(
+        "--imported",
+        nargs="+",
+        default=None,
+        choices=sorted(torch_twins.INPUT_SHAPES),
+        help="PyTorch models with random weights in Cohen et al.'s checkpoint layout, imported "
+        "through rsjax.torch_import (instead of --models)",
     )
     p.add_argument("--sigma", type=float, default=None, help="default: the checkpoint's, or 0.25")
     p.add_argument("--alpha", type=float, default=0.001)
@@ -100,23 +123,67 @@ def load_model(name, workdir, sigma):
     return meta["model"], model, variables, shape, meta["dataset"], sigma, f"{ckpt} step {step}"
 
 
+def load_imported(arch, sigma):
+    """(arch, flax model, variables, input_shape, dataset, sigma, weights description, torch model,
+    logits_fn, num_classes): a torch_twins model with random weights, saved in Cohen et al.'s format
+    and read back by rsjax.torch_import.load_checkpoint."""
+    twin = torch_twins.make_twin(arch)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "checkpoint.pth.tar")
+        torch_twins.save_cohen_checkpoint(twin, path, arch)
+        imported = torch_import.load_checkpoint(path)
+    weights = (
+        f"random (torch_twins.make_twin seed 0), imported from {imported.source['serialization']}"
+    )
+    return (
+        arch,
+        imported.model,
+        imported.variables,
+        imported.input_shape,
+        imported.dataset,
+        sigma or 0.25,
+        weights,
+        twin,
+        imported.logits_fn,
+        imported.num_classes,
+    )
+
+
 def measure(name, args):
     """Times rsjax and the reference on the same model and images; one JSON-able row."""
-    name, model, variables, shape, dataset, sigma, weights = load_model(
-        name, args.workdir, args.sigma
-    )
-    num_classes = int(model.num_classes)
-    torch_model = torch_reference.from_flax(name, variables, input_shape=shape, dataset=dataset)
+    logit_gap = None
+    if args.imported:
+        name, model, variables, shape, dataset, sigma, weights, torch_model, logits_fn, k = (
+            load_imported(name, args.sigma)
+        )
+        num_classes = k
+    else:
+        name, model, variables, shape, dataset, sigma, weights = load_model(
+            name, args.workdir, args.sigma
+        )
+        num_classes = int(model.num_classes)
+        torch_model = torch_reference.from_flax(name, variables, input_shape=shape, dataset=dataset)
+        logits_fn = models.make_logits_fn(model)
     x = np.asarray(jax.random.uniform(jax.random.key(1), (args.images, *shape)), np.float32)
     x_chw = torch_reference.to_nchw(x)
-    logits_fn = models.make_logits_fn(model)
+    if args.imported:  # same weights: the two forward passes agree to float32 rounding
+        with torch.inference_mode():
+            theirs = torch_model(x_chw).numpy()
+        ours = np.asarray(logits_fn(variables, x))
+        logit_gap = float(np.abs(ours - theirs).max() / max(np.abs(theirs).max(), 1e-30))
     key = jax.random.key(2)
     generator = torch.Generator().manual_seed(3)
     common = dict(sigma=sigma, n0=args.n0, n=args.n, alpha=args.alpha, num_classes=num_classes)
 
     def run_rsjax(images=x):
         return rsjax.certify(
-            key, logits_fn, images, params=variables, chunk_size=args.chunk, **common
+            key,
+            logits_fn,
+            images,
+            params=variables,
+            chunk_size=args.chunk,
+            batch_size=args.rsjax_batch,
+            **common,
         )
 
     def run_reference(images=x_chw):
@@ -129,9 +196,9 @@ def measure(name, args):
 
     # Compile and warm up: rsjax on one full example batch and on the ragged last one (the shapes of a
     # round), the reference on one image.
-    run_rsjax(x[:RSJAX_BATCH])
-    if args.images > RSJAX_BATCH and args.images % RSJAX_BATCH:
-        run_rsjax(x[: args.images % RSJAX_BATCH])
+    run_rsjax(x[: args.rsjax_batch])
+    if args.images > args.rsjax_batch and args.images % args.rsjax_batch:
+        run_rsjax(x[: args.images % args.rsjax_batch])
     run_reference(x_chw[:1])
 
     samples = args.images * (args.n0 + args.n)
@@ -160,7 +227,7 @@ def measure(name, args):
         "alpha": args.alpha,
         "reference_batch": args.batch,
         "rsjax_chunk": args.chunk,
-        "rsjax_batch": RSJAX_BATCH,
+        "rsjax_batch": args.rsjax_batch,
         "threads": args.threads,
         "torch_threads": torch.get_num_threads(),
         "torch_version": torch.__version__,
@@ -174,6 +241,11 @@ def measure(name, args):
         "target": TARGETS.get(name),
         # Same model, independent noise: predictions agree except near the abstain boundary.
         "predictions_agree": agree,
+        **(
+            {"imported": True, "max_logit_gap_relative": logit_gap, "load_average": os.getloadavg()}
+            if args.imported
+            else {}
+        ),
     }
 
 
@@ -196,7 +268,7 @@ def main(argv=None):
     )
     print("|---|---|---|---|---|---|---|")
     start = time.perf_counter()
-    for name in [None] if args.workdir else args.models:
+    for name in [None] if args.workdir else (args.imported or args.models):
         row = measure(name, args)
         row = records.append_result(
             args.out, dict(row, quick=args.quick, command=command, cpus=cpus), env
