@@ -288,3 +288,38 @@ def test_train_vs_pytorch_rejects_bad_configs(capsys):
         assert "LOSS:K[:M]" in capsys.readouterr().err
     assert module.parse_args(["--configs", "adre:8:8"]).configs == [("adre", 8, 8)]
     assert module.parse_args(["--configs", "gaussian:2"]).configs == [("gaussian", 2, 1)]
+
+
+def test_reference_split_runner_and_twins(tmp_path):
+    """The PyTorch side of the import evidence (experiments/torch_import_evidence.sh): a LeNet state
+    dict loaded by torch_reference.load_torch_model (torch_twins.LeNet behind rsjax's normalisation)
+    gives the logits of the same file imported by rsjax.torch_import; certify_split writes valid
+    standard rows, and a run cut after two rows resumes to the same rows (the noise of image i
+    comes from (seed, i) alone)."""
+    from rsjax import records, torch_import
+
+    _load("torch_twins")
+    torch.manual_seed(0)
+    net = sys.modules["torch_twins"].LeNet(10, (28, 28, 1))
+    path = tmp_path / "lenet.pth"
+    torch.save(net.state_dict(), path)
+    model = tr.load_torch_model(path, "lenet", "mnist")
+    imported = torch_import.load_checkpoint(path, arch="lenet", dataset="mnist")
+    x = np.random.default_rng(0).random((5, 28, 28, 1), np.float32)
+    with torch.no_grad():
+        want = model(tr.to_nchw(x)).numpy()
+    got = np.asarray(imported.logits_fn(imported.variables, x))
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+
+    labels = np.array([0, 1, 2, 3, 4])
+    kw = dict(sigma=0.25, n0=10, n=64, alpha=0.01, num_classes=10, batch=32, seed=3)
+    out = tmp_path / "ref.tsv"
+    tr.certify_split(model, x, labels, [0, 2, 4], output=out, **kw)
+    rows = out.read_text().splitlines()
+    assert [r.split("\t")[0] for r in rows[1:]] == ["0", "2", "4"]
+    for i, row in zip([0, 2, 4], rows[1:], strict=True):
+        records.check_row(row.split("\t"), idx=i, num_classes=10)
+    out.write_text("\n".join(rows[:3]) + "\n")  # as if killed after two rows
+    tr.certify_split(model, x, labels, [0, 2, 4], output=out, **kw)
+    again = out.read_text().splitlines()
+    assert [r.split("\t")[:5] for r in again] == [r.split("\t")[:5] for r in rows]
