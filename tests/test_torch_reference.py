@@ -31,6 +31,7 @@ def _load(name):
 
 
 tr = _load("torch_reference")
+twins = _load("torch_twins")  # vs_pytorch and load_torch_model import it by name
 
 CASES = {
     # name: (input shape, dataset normalisation, final dense layer, noise samples for the count tests)
@@ -298,9 +299,8 @@ def test_reference_split_runner_and_twins(tmp_path):
     comes from (seed, i) alone)."""
     from rsjax import records, torch_import
 
-    _load("torch_twins")
     torch.manual_seed(0)
-    net = sys.modules["torch_twins"].LeNet(10, (28, 28, 1))
+    net = twins.LeNet(10, (28, 28, 1))
     path = tmp_path / "lenet.pth"
     torch.save(net.state_dict(), path)
     model = tr.load_torch_model(path, "lenet", "mnist")
