@@ -35,6 +35,7 @@ from rsjax import (
     checkpoint,
     losses,
     models,
+    monitor,
     score,
     sharding,
     train,
@@ -241,7 +242,7 @@ def fit_xhat(
     def evaluate(key, state):  # the votes of the EB classifier f(xhat(y))
         if eval_images is None:
             return None
-        return train.held_out_votes(
+        return monitor.held_out_votes(
             key,
             logits_fn,
             _eb_variables(state),

@@ -6,7 +6,7 @@ rsjax.certify for guarantees. rsjax.train.fit and rsjax.empirical_bayes log `eva
 every epoch and warn (CollapseWarning) or stop (CollapseError) on a collapse.
 """
 
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -170,3 +170,41 @@ def evaluation_record(
         "collapsed": reason is not None,
         **({"collapse_reason": reason} if reason else {}),
     }
+
+
+def held_out_votes(
+    key: jax.Array,
+    logits_fn: Callable,
+    variables: Any,
+    images: np.ndarray,
+    labels: np.ndarray,
+    *,
+    sigma: float,
+    num_classes: int,
+    num_noise: int = 32,
+    max_examples: int = 500,
+    mesh: jax.sharding.Mesh | None = None,
+    after_warmup: bool = True,
+) -> dict:
+    """rsjax.train.fit's held-out evaluation record: the votes of logits_fn(variables, x) on `num_noise` noisy
+    copies of each of the first `max_examples` examples (vote_summary: smoothed
+    accuracy, top_class, top_class_fraction) with the collapse verdict
+    (evaluation_record; chance accuracy counts only when after_warmup)."""
+    summary = vote_summary(
+        key,
+        logits_fn,
+        variables,
+        images[:max_examples],
+        labels[:max_examples],
+        sigma=sigma,
+        num_classes=num_classes,
+        num_noise=num_noise,
+        mesh=mesh,
+    )
+    return evaluation_record(
+        summary,
+        num_classes=num_classes,
+        after_warmup=after_warmup,
+        eval_examples=min(max_examples, len(labels)),
+        eval_noise=num_noise,
+    )

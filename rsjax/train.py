@@ -284,7 +284,7 @@ def fit(
         rsjax.models.init_variables of the model.
       eval_fn: eval_fn(key, state) -> dict or None, the held-out evaluation after every epoch
         (its dict is logged to metrics.jsonl; see train_loop for `collapsed`). Default, with
-        eval_images and eval_labels: `held_out_votes` of the model at sigma, the smoothed accuracy
+        eval_images and eval_labels: `rsjax.monitor.held_out_votes` of the model at sigma, the smoothed accuracy
         (majority vote of `eval_noise` noisy copies, no abstention: a cheap estimate, not a
         certificate) of the first `eval_max` examples, with top_class and top_class_fraction.
         Its noise comes from its own key, so it does not change training.
@@ -383,7 +383,7 @@ def fit(
         logits_fn = models.make_logits_fn(model)
 
         def vote_eval(key, state):
-            return held_out_votes(
+            return monitor.held_out_votes(
                 key,
                 logits_fn,
                 _variables(state),
@@ -439,44 +439,6 @@ def fit(
         eval_fn=evaluate,
         fail_on_collapse=fail_on_collapse,
         on_start=on_start,
-    )
-
-
-def held_out_votes(
-    key: jax.Array,
-    logits_fn: Callable,
-    variables: Any,
-    images: np.ndarray,
-    labels: np.ndarray,
-    *,
-    sigma: float,
-    num_classes: int,
-    num_noise: int = 32,
-    max_examples: int = 500,
-    mesh: jax.sharding.Mesh | None = None,
-    after_warmup: bool = True,
-) -> dict:
-    """fit's held-out evaluation record: the votes of logits_fn(variables, x) on `num_noise` noisy
-    copies of each of the first `max_examples` examples (rsjax.monitor.vote_summary: smoothed
-    accuracy, top_class, top_class_fraction) with the collapse verdict
-    (rsjax.monitor.evaluation_record; chance accuracy counts only when after_warmup)."""
-    summary = monitor.vote_summary(
-        key,
-        logits_fn,
-        variables,
-        images[:max_examples],
-        labels[:max_examples],
-        sigma=sigma,
-        num_classes=num_classes,
-        num_noise=num_noise,
-        mesh=mesh,
-    )
-    return monitor.evaluation_record(
-        summary,
-        num_classes=num_classes,
-        after_warmup=after_warmup,
-        eval_examples=min(max_examples, len(labels)),
-        eval_noise=num_noise,
     )
 
 
